@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates ./.venv and installs idrm_ray with its test extra.
+# torch goes first and is then held by a constraints file: on a CPU machine
+# `torch==2.13.0` is the CPU wheel; a bare `torch` requirement would pull CUDA packages.
+# Override with TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." on GPU nodes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip"
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  $PIP install -q ${TORCH_SPEC:-torch==2.13.0}
+fi
+TORCH_VERSION=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
+mkdir -p .cache
+echo "torch==${TORCH_VERSION}" > .cache/constraints.txt
+$PIP install -q -c .cache/constraints.txt -e ".[${EXTRAS:-test}]"
+echo "idrm_ray installed in .venv (torch ${TORCH_VERSION})"

@@ -1,0 +1,43 @@
+"""Shared fixtures. Tests never download: tokenizers are trained in-process and models
+are built from configs (idrm_ray.core.tiny)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from idrm_ray.core import tiny
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        path = str(item.fspath)
+        if f"{os.sep}gpu{os.sep}" in path:
+            item.add_marker(pytest.mark.gpu)
+            if not torch.cuda.is_available():
+                item.add_marker(skip_gpu)
+        elif f"{os.sep}integration{os.sep}" in path:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def student_tokenizer():
+    return tiny.train_student_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def teacher_tokenizer():
+    return tiny.train_teacher_tokenizer(kind="wordpiece")
+
+
+@pytest.fixture(scope="session")
+def unigram_tokenizer():
+    return tiny.train_teacher_tokenizer(kind="unigram")
