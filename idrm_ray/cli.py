@@ -1,0 +1,91 @@
+"""`idrm-ray`: one command line for every job (DESIGN.md §4).
+
+    idrm-ray train                                  # the embedded default (preset `tiny`)
+    idrm-ray train --config jobs/configs/x.yaml method.id.lam=0.8 run.name=sweep1
+    idrm-ray train --preset llama3_8b_hh resources.ray_address=auto
+    idrm-ray teacher                                # only the NLI teacher fine-tune
+    idrm-ray train --help-config                    # every key, type, default and help
+
+Bad input (config or data) ends with one line naming the problem and exit status 2,
+never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from idrm_ray.config import ConfigError, describe, load_config
+from idrm_ray.config.train import TrainJobConfig
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="idrm-ray", description="Interaction-distilled reward models on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("train", "train reward models (BT / ID-RM); the embedded default with no arguments"),
+        ("teacher", "fine-tune the NLI teacher only (same config tree as train)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="YAML config file (applied over the preset)")
+        p.add_argument("--preset", default=None, help="named preset: tiny (default), llama3_8b_hh, local_hf")
+        p.add_argument("--output-dir", help="parent folder of run folders (same as run.output_dir=...)")
+        p.add_argument("--help-config", action="store_true", help="list every config key and exit")
+        p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. method.id.lam=0.8")
+    return parser
+
+
+def load_train_config(args: argparse.Namespace) -> TrainJobConfig:
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"run.output_dir={args.output_dir}")
+    preset = args.preset or (None if args.config else "tiny")
+    return load_config(TrainJobConfig, args.config, overrides, preset=preset)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.help_config:
+        print(describe(TrainJobConfig))
+        return 0
+    try:
+        cfg = load_train_config(args)
+        return _run(args.command, cfg)
+    except ConfigError as exc:
+        print(f"idrm-ray: config error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - data errors cross Ray boundaries wrapped
+        from idrm_ray.data import DataError, format_data_error
+
+        data_error = _find(exc, DataError)
+        if data_error is None:
+            raise
+        print(f"idrm-ray: data error: {format_data_error(data_error)}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _run(command: str, cfg: TrainJobConfig) -> int:
+    if command == "teacher":
+        from idrm_ray.pipeline.driver import run_teacher
+
+        run_teacher(cfg)
+        return 0
+    from idrm_ray.pipeline.driver import run_train
+
+    run_train(cfg)
+    return 0
+
+
+def _find(exc: BaseException | None, kind: type) -> BaseException | None:
+    """The first exception of `kind` in the cause/context chain (Ray wraps remote errors)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

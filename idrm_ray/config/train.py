@@ -1,0 +1,356 @@
+"""The config tree of the train job (`idrm-ray train`, `jobs/train.py`).
+
+Field defaults are METHOD.md §7's training defaults on the local machine (tiny models,
+CPU, one worker); presets in `idrm_ray/configs/` scale them (`tiny`: the embedded
+default, `llama3_8b_hh`: the paper's setup, `local_hf`: local HF directories). Checks here
+are for values that cannot work; each message says how to fix it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from idrm_ray.config.base import param, require, section
+
+Dtype = Literal["auto", "bf16", "fp16", "fp32"]
+MIN_LEN = 16  # room for the specials plus a few tokens of each half
+
+
+@dataclass(frozen=True)
+class StudentTinyConfig:
+    """Sizes of the built-in tiny student (`student.name_or_path=tiny`, random init)."""
+
+    family: Literal["llama", "qwen2", "mistral"] = param("llama", "Decoder architecture of the tiny student.")
+    num_layers: int = param(4, "Transformer blocks (M).")
+    hidden_size: int = param(64, "Hidden size d.")
+    num_heads: int = param(4, "Query heads H_s.")
+    num_kv_heads: int = param(2, "Key/value heads (GQA when fewer than num_heads).")
+    seed: int = param(0, "Seed of the random init.")
+
+    def __post_init__(self):
+        require(self, self.num_layers >= 1, "num_layers", "needs at least one block")
+        require(self, self.num_heads >= 1 and self.hidden_size % self.num_heads == 0, "hidden_size",
+                f"must be a positive multiple of num_heads ({self.num_heads})")
+        require(self, self.num_kv_heads >= 1 and self.num_heads % self.num_kv_heads == 0, "num_kv_heads",
+                f"must divide num_heads ({self.num_heads}) for GQA")
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """How prompt and response become the student's text: prefix + prompt + separator +
+    response + suffix (HH transcripts need none; instruct models may want their chat markers)."""
+
+    prefix: str = param("", "Text before the prompt.")
+    separator: str = param("", "Text between prompt and response.")
+    suffix: str = param("", "Text after the response (e.g. the EOS string read by the reward head).")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """The reward model being trained (decoder-only, value head on the last token, Eq. 1)."""
+
+    name_or_path: str = param("tiny", "Hub id, local HF directory, or `tiny` for the built-in tiny model.")
+    tiny: StudentTinyConfig = section(StudentTinyConfig)
+    max_len: int = param(1024, "Max tokens of prompt+response per sequence (METHOD.md §7).")
+    dtype: Dtype = param("auto", "Weight dtype at load; auto follows deepspeed.precision (fp32 without DeepSpeed).")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] = param(
+        "sdpa", "transformers attention kernel of the student's own forward.")
+    gradient_checkpointing: bool = param(False, "Recompute activations in backward (saves memory on large students).")
+    template: TemplateConfig = section(TemplateConfig)
+
+    def __post_init__(self):
+        require(self, bool(self.name_or_path.strip()), "name_or_path", "give a hub id, a local directory or `tiny`")
+        require(self, self.max_len >= MIN_LEN, "max_len", f"must be >= {MIN_LEN} tokens (METHOD.md §7 uses 1024)")
+
+
+@dataclass(frozen=True)
+class TeacherTinyConfig:
+    """Sizes of the built-in tiny teacher (used wherever `tiny` names the teacher or its base)."""
+
+    family: Literal["bert", "deberta-v2"] = param("bert", "Encoder architecture of the tiny teacher.")
+    num_layers: int = param(3, "Transformer blocks (N_T).")
+    hidden_size: int = param(64, "Hidden size.")
+    num_heads: int = param(4, "Attention heads H_t.")
+    seed: int = param(0, "Seed of the random init.")
+
+    def __post_init__(self):
+        require(self, self.num_layers >= 1, "num_layers", "needs at least one block")
+        require(self, self.num_heads >= 1 and self.hidden_size % self.num_heads == 0, "hidden_size",
+                f"must be a positive multiple of num_heads ({self.num_heads})")
+
+
+@dataclass(frozen=True)
+class TeacherFinetuneConfig:
+    """NLI fine-tuning of the teacher, run first when `teacher.name_or_path` is empty."""
+
+    base: str = param("tiny", "Encoder to fine-tune: hub id, local directory, or `tiny`.")
+    data: str = param("bundled", "NLI data (premise, hypothesis, label): JSONL/Parquet path, HF id, or `bundled`.")
+    split: str = param("train", "Split to read when `data` is an HF dataset id.")
+    max_examples: int | None = param(None, "Use at most this many NLI examples (null: all).")
+    eval_fraction: float = param(0.05, "Fraction held out to report NLI accuracy.")
+    epochs: int = param(1, "Passes over the NLI data.")
+    lr: float = param(2e-5, "AdamW learning rate.")
+    weight_decay: float = param(0.01, "AdamW weight decay.")
+    warmup_ratio: float = param(0.1, "Linear warmup as a fraction of the steps.")
+    batch_size: int = param(32, "Examples per optimizer step.")
+    max_len: int = param(128, "Max teacher tokens of premise+hypothesis.")
+    output_dir: str = param("", "Where the fine-tuned teacher is saved (empty: <run dir>/teacher).")
+    seed: int = param(0, "Seed of data order and head init.")
+
+    def __post_init__(self):
+        require(self, bool(self.base.strip()), "base", "give the encoder to fine-tune (hub id, directory or `tiny`)")
+        require(self, bool(self.data.strip()), "data", "give NLI data (a path, an HF id or `bundled`)")
+        require(self, self.max_examples is None or self.max_examples >= 1, "max_examples", "use null for all, or >= 1")
+        require(self, 0 <= self.eval_fraction < 1, "eval_fraction", "must be in [0, 1)")
+        require(self, self.epochs >= 1, "epochs", "must be >= 1")
+        require(self, self.lr > 0, "lr", "must be > 0")
+        require(self, self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(self, 0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        require(self, self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self, self.max_len >= MIN_LEN, "max_len", f"must be >= {MIN_LEN}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The frozen NLI cross-encoder whose top-N attention maps are distilled (METHOD.md §4)."""
+
+    name_or_path: str = param(
+        "", "Ready NLI checkpoint (hub id or local dir), `tiny` (random init, the w/o-NLI ablation), "
+            "or empty: fine-tune `teacher.finetune.base` on NLI data first.")
+    tiny: TeacherTinyConfig = section(TeacherTinyConfig)
+    max_len: int = param(512, "Max teacher tokens of [CLS] x y_w [SEP] x y_l [SEP]; each half gets about half.")
+    dtype: Dtype = param("auto", "Teacher weights/maps dtype; auto: fp16 on GPU, fp32 on CPU.")
+    batch_size: int = param(16, "Pairs per call of the teacher stage (Ray Data map_batches batch_size).")
+    cache_dir: str = param("", "Cache the teacher maps here, reused by runs that only change λ or N (empty: off).")
+    finetune: TeacherFinetuneConfig = section(TeacherFinetuneConfig)
+
+    @property
+    def is_tiny(self) -> bool:
+        """Whether the teacher actually used is the built-in tiny encoder."""
+        return self.name_or_path == "tiny" or (self.name_or_path == "" and self.finetune.base == "tiny")
+
+    def __post_init__(self):
+        require(self, self.max_len >= MIN_LEN, "max_len", f"must be >= {MIN_LEN} (DeBERTa/BERT allow 512)")
+        require(self, self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Preference pairs (prompt, chosen, rejected), validated before any GPU time is spent."""
+
+    train: str = param("bundled", "Training pairs: JSONL/Parquet path, HF dataset id or dir, or `bundled`.")
+    eval: str = param("", "Held-out pairs, same forms as `train` (empty: split eval_fraction off train).")
+    train_split: str = param("train", "Split of `train` when it is an HF dataset.")
+    eval_split: str = param("test", "Split of `eval` when it is an HF dataset.")
+    format: Literal["auto", "generic", "hh", "ultrafeedback"] = param(
+        "auto", "Row layout: generic prompt/chosen/rejected, hh transcripts, ultrafeedback, or auto-detect.")
+    eval_fraction: float = param(0.05, "Fraction of train held out when `eval` is empty (0: no eval).")
+    max_pairs: int | None = param(None, "Use at most this many training pairs (null: all).")
+    skip_bad_rows: bool = param(False, "Skip and count bad rows instead of failing on the first one.")
+    seed: int = param(0, "Seed of the eval split and shuffling.")
+
+    def __post_init__(self):
+        require(self, bool(self.train.strip()), "train", "give a path, an HF dataset id or `bundled`")
+        require(self, 0 <= self.eval_fraction < 1, "eval_fraction", "must be in [0, 1)")
+        require(self, self.max_pairs is None or self.max_pairs >= 1, "max_pairs", "use null for all, or >= 1")
+
+
+@dataclass(frozen=True)
+class IDConfig:
+    """Interaction distillation (METHOD.md §5-§6); field names match `core.objective.IDSettings`."""
+
+    lam: float = param(1.0, "λ, weight of L_ID in L_BT + λ·L_ID (Eq. 3); the paper finds 0.4-1 stable.")
+    top_n: int = param(1, "N, top blocks distilled, top-aligned student/teacher pairing (Eq. 8).")
+    distance: Literal["frobenius", "mse", "kl"] = param(
+        "frobenius", "D of Eq. 8: length-normalized Frobenius (default), TinyBERT mse, or MiniLM row KL.")
+    intra: bool = param(True, "Distil the intra-sequence maps ww, ll (Eq. 6).")
+    inter: bool = param(True, "Distil the inter-sequence maps wl, lw (Eq. 7).")
+    inter_keys: Literal["post_rope", "pre_rope"] = param(
+        "post_rope", "Q/K of the inter maps after RoPE (each half from position 0) or before it.")
+    mode: Literal["separate", "joint"] = param(
+        "separate", "Separate softmax per block (VIRT, default) or one joint softmax over [y_w; y_l] (§5).")
+    response_only_inter: bool = param(False, "Restrict L_inter to response units (drop the prompt copies).")
+    block_reduction: Literal["sum", "mean"] = param(
+        "sum", "Combine the four block terms as Eq. 8 (sum) or average them (factor 4 folds into λ).")
+    chunk_rows: int | None = param(None, "Query rows per chunk of the simulated maps (null: from a memory budget).")
+
+    def __post_init__(self):
+        require(self, self.lam >= 0, "lam", "λ must be >= 0 (use method.name=bt for no distillation)")
+        require(self, self.top_n >= 1, "top_n", "N must be >= 1 (the paper's default is 1)")
+        require(self, self.intra or self.inter, "inter",
+                "intra and inter are both false, so L_ID is empty: enable one, or use method.name=bt")
+        require(self, self.chunk_rows is None or self.chunk_rows >= 1, "chunk_rows", "use null (auto) or >= 1")
+        require(self, not (self.mode == "joint" and self.inter_keys == "pre_rope"), "inter_keys",
+                "pre_rope keys apply to the separate mode only; set inter_keys=post_rope or mode=separate")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Which reward-model objective to train (baselines plug in here by name)."""
+
+    name: Literal["bt", "id"] = param("id", "`bt`: Bradley-Terry only (Eq. 2); `id`: BT + λ·L_ID (Eq. 3).")
+    compare_bt: bool = param(False, "With name=id, also train a BT student on the same data and report both.")
+    id: IDConfig = section(IDConfig)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and schedule of the student (METHOD.md §7 defaults)."""
+
+    lr: float = param(1e-5, "AdamW peak learning rate.")
+    weight_decay: float = param(0.0, "AdamW weight decay.")
+    betas: tuple[float, float] = param((0.9, 0.95), "AdamW betas (OpenRLHF's RM default).")
+    warmup_ratio: float = param(0.03, "Linear warmup as a fraction of the total steps.")
+    schedule: Literal["cosine", "linear", "constant"] = param("cosine", "LR decay after warmup.")
+    max_grad_norm: float = param(1.0, "Clip the gradient norm to this (0: no clipping).")
+    epochs: int = param(1, "Passes over the training pairs.")
+    max_steps: int | None = param(None, "Stop after this many optimizer steps (null: epochs decide).")
+    global_batch_size: int = param(64, "Pairs per optimizer step over all workers.")
+    micro_batch_size: int = param(1, "Pairs per forward/backward on one worker.")
+    seed: int = param(42, "Seed of the student init, data order and dropout.")
+
+    def __post_init__(self):
+        require(self, self.lr > 0, "lr", "must be > 0 (METHOD.md §7 uses 1e-5)")
+        require(self, self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(self, all(0 <= b < 1 for b in self.betas), "betas", "both must be in [0, 1)")
+        require(self, 0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1) (0.03 is 3% warmup)")
+        require(self, self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 turns clipping off)")
+        require(self, self.epochs >= 1, "epochs", "must be >= 1")
+        require(self, self.max_steps is None or self.max_steps >= 1, "max_steps", "use null, or >= 1")
+        require(self, self.global_batch_size >= 1, "global_batch_size", "must be >= 1")
+        require(self, self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO for the student; off means the plain-torch path (DDP across workers)."""
+
+    enabled: bool = param(True, "Train the student under DeepSpeed.")
+    zero_stage: Literal[0, 1, 2, 3] = param(3, "ZeRO stage (3 shards parameters, gradients and optimizer state).")
+    offload_optimizer: bool = param(False, "Keep optimizer state in CPU memory (cpu_adam).")
+    offload_params: bool = param(False, "Keep parameters in CPU memory (ZeRO-3 only).")
+    precision: Dtype = param("auto", "Training precision, DeepSpeed or plain torch; auto: bf16 on GPU, fp32 on CPU.")
+
+    def __post_init__(self):
+        require(self, not self.offload_params or self.zero_stage == 3, "offload_params",
+                "parameter offload needs ZeRO-3: set deepspeed.zero_stage=3 or deepspeed.offload_params=false")
+        require(self, not self.offload_optimizer or self.zero_stage >= 1, "offload_optimizer",
+                "optimizer offload needs ZeRO stage >= 1")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Where the stages run (DESIGN.md §2): train workers on `student_gpu` nodes, the
+    teacher actor pool on `teacher_gpu` nodes."""
+
+    ray_address: str = param("", "Ray cluster to join (`auto`, ray://...); empty: start Ray in process.")
+    num_workers: int = param(1, "Ray Train workers (data-parallel student ranks).")
+    use_gpu: bool = param(False, "Train workers use GPUs.")
+    cpus_per_worker: float = param(1.0, "CPUs per train worker.")
+    gpus_per_worker: float = param(1.0, "GPUs per train worker when use_gpu (a fraction shares one GPU).")
+    student_resource: str = param("student_gpu", "Custom resource each train worker asks for (empty: none).")
+    student_resource_amount: float = param(1.0, "Amount of student_resource per worker.")
+    teacher_concurrency: tuple[int, int] = param((1, 1), "Teacher actor pool size (min, max).")
+    teacher_num_gpus: float = param(0.0, "GPUs per teacher actor (0: CPU; 0.2 shares one GPU with the student).")
+    teacher_num_cpus: float = param(
+        0.25, "CPUs per teacher actor; keep it a fraction (or 0): a whole CPU deadlocks 2-core machines.")
+    teacher_resource: str = param("teacher_gpu", "Custom resource each teacher actor asks for (empty: none).")
+    teacher_resource_amount: float = param(1.0, "Amount of teacher_resource per actor.")
+    custom_resources: Literal["auto", "require", "ignore"] = param(
+        "auto", "auto: ask for the custom resources only if the cluster declares them; require: always; ignore: never.")
+
+    def __post_init__(self):
+        require(self, self.num_workers >= 1, "num_workers", "must be >= 1")
+        for key in ("cpus_per_worker", "student_resource_amount", "teacher_num_gpus", "teacher_num_cpus",
+                    "teacher_resource_amount"):
+            require(self, getattr(self, key) >= 0, key, "must be >= 0")
+        require(self, not self.use_gpu or self.gpus_per_worker > 0, "gpus_per_worker",
+                "must be > 0 when use_gpu (or set resources.use_gpu=false)")
+        lo, hi = self.teacher_concurrency
+        require(self, 1 <= lo <= hi, "teacher_concurrency", "needs 1 <= min <= max, e.g. [1, 4]")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Run folder, checkpoints, evaluation cadence and failure handling."""
+
+    name: str = param("", "Run name (empty: <method>-<timestamp>).")
+    output_dir: str = param("runs/", "Parent folder of run folders (checkpoint, metrics, plots).")
+    storage_path: str = param(
+        "", "Ray Train storage shared by all nodes (empty: output_dir; a cluster needs shared storage).")
+    eval_every: int = param(0, "Evaluate every this many steps (0: at the end only).")
+    checkpoint_every: int = param(0, "Checkpoint every this many steps (0: at the end only).")
+    keep_checkpoints: int = param(2, "Checkpoints kept (the latest ones).")
+    max_failures: int = param(0, "Worker-group restarts from the latest checkpoint (-1: unlimited).")
+    max_nonfinite_steps: int = param(10, "Skip non-finite steps (counted), abort after this many.")
+    log_every: int = param(10, "Report metrics every this many steps.")
+
+    def __post_init__(self):
+        require(self, bool(self.output_dir.strip()), "output_dir", "give a folder, e.g. runs/")
+        for key in ("eval_every", "checkpoint_every", "max_nonfinite_steps"):
+            require(self, getattr(self, key) >= 0, key, "must be >= 0")
+        require(self, self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        require(self, self.max_failures >= -1, "max_failures", "must be >= -1 (-1: unlimited)")
+        require(self, self.log_every >= 1, "log_every", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Metrics sinks: Weights & Biases (offline by default) and files in the run folder."""
+
+    wandb_project: str = param("", "W&B project; empty keeps W&B offline (files in the run folder).")
+    wandb_mode: Literal["offline", "online", "disabled"] = param("offline", "W&B mode.")
+    csv: bool = param(True, "Write metrics.csv.")
+    jsonl: bool = param(True, "Write metrics.jsonl.")
+    plots: bool = param(True, "Write loss/accuracy plots at the end.")
+    summary_table: bool = param(True, "Print the summary table at the end.")
+
+    def __post_init__(self):
+        require(self, self.wandb_mode != "online" or bool(self.wandb_project), "wandb_project",
+                "online W&B needs a project: set logging.wandb_project=... or logging.wandb_mode=offline")
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    """Everything `idrm-ray train` needs; derived numbers are in `TrainPlan` (plan.py)."""
+
+    job: Literal["train"] = param("train", "Which job this tree configures (lets tools tell config files apart).")
+    student: StudentConfig = section(StudentConfig)
+    teacher: TeacherConfig = section(TeacherConfig)
+    data: DataConfig = section(DataConfig)
+    method: MethodConfig = section(MethodConfig)
+    optim: OptimConfig = section(OptimConfig)
+    deepspeed: DeepSpeedConfig = section(DeepSpeedConfig)
+    resources: ResourcesConfig = section(ResourcesConfig)
+    run: RunConfig = section(RunConfig)
+    logging: LoggingConfig = section(LoggingConfig)
+
+    def __post_init__(self):
+        self._check_batch()
+        require(self, self.resources.use_gpu or self.deepspeed.precision in ("auto", "fp32"), "deepspeed.precision",
+                "CPU training runs in fp32: set deepspeed.precision=fp32 (or auto), or resources.use_gpu=true")
+        if self.method.name == "id":
+            self._check_top_n()
+        require(self, not self.teacher.is_tiny or self.teacher.max_len <= 512, "teacher.max_len",
+                "the tiny teacher has 512 positions: set teacher.max_len <= 512")
+
+    def _check_batch(self) -> None:
+        g, m, w = self.optim.global_batch_size, self.optim.micro_batch_size, self.resources.num_workers
+        if g % (m * w) == 0:
+            return
+        lo = g // (m * w) * (m * w)
+        near = " or ".join(str(x) for x in (lo, lo + m * w) if x > 0)
+        micros = [d for d in range(1, g // w + 1) if g % (d * w) == 0][:6]
+        hint = f"; or optim.micro_batch_size in {micros}" if micros else ""
+        require(self, False, "optim.global_batch_size",
+                f"must be divisible by optim.micro_batch_size ({m}) x resources.num_workers ({w}) = {m * w}: "
+                f"try optim.global_batch_size={near}{hint}")
+
+    def _check_top_n(self) -> None:
+        n, s, t = self.method.id.top_n, self.student.tiny.num_layers, self.teacher.tiny.num_layers
+        if self.student.name_or_path == "tiny":
+            require(self, n <= s, "method.id.top_n",
+                    f"N exceeds the tiny student's {s} blocks: lower it or raise student.tiny.num_layers")
+        if self.teacher.is_tiny:
+            require(self, n <= t, "method.id.top_n",
+                    f"N exceeds the tiny teacher's {t} blocks: lower it or raise teacher.tiny.num_layers")

@@ -1,0 +1,99 @@
+"""The training objective of one student step: METHOD.md Eq. 3, L = L_BT + λ·L_ID.
+
+Composes the pure pieces (reward head, Q/K capture, simulated maps, losses) into the
+one function the train loop calls. One student forward over the 2B sequences; the
+simulated maps are side computations on the captured Q/K (METHOD.md §6 "Cost").
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from idrm_ray.core.capture import capture_qk
+from idrm_ray.core.losses import bt_loss, id_loss, total_loss
+from idrm_ray.core.reward_model import compute_rewards
+from idrm_ray.core.simulated import simulated_maps
+from idrm_ray.core.types import BlockMaps, PreferenceBatch
+
+
+@dataclass(frozen=True)
+class IDSettings:
+    """Interaction-distillation knobs as plain values (METHOD.md §5-§6 flags)."""
+
+    lam: float = 1.0  # λ of Eq. 3
+    top_n: int = 1  # N of Eq. 8, top-aligned layer pairing
+    distance: str = "frobenius"  # frobenius (default) | mse | kl
+    intra: bool = True  # Eq. 6 terms (ablation: False)
+    inter: bool = True  # Eq. 7 terms (ablation: False)
+    inter_keys: str = "post_rope"  # post_rope | pre_rope keys for the inter maps
+    mode: str = "separate"  # separate softmaxes (default) | joint
+    response_only_inter: bool = False  # restrict L_inter to response units
+    block_reduction: str = "sum"  # Eq. 8 sums the block terms; "mean" averages them
+    chunk_rows: int | None = None  # query rows per chunk of the simulated maps (None: auto)
+
+
+def preference_loss(
+    model: torch.nn.Module,
+    batch: PreferenceBatch,
+    teacher: BlockMaps | None = None,
+    *,
+    settings: IDSettings | None = None,
+    num_pairs: float | None = None,
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """BT loss (Eq. 2), plus λ·L_ID (Eq. 8) when `settings` and teacher maps are given.
+
+    `num_pairs` is the global pair count of the step (data-parallel normaliser); the
+    default is this batch's B, which makes the loss a per-pair mean. `forward` maps
+    (input_ids, attention_mask) to rewards through a DDP/DeepSpeed wrapper of `model`;
+    the capture hooks sit on `model` itself either way.
+    """
+    forward = forward or (lambda ids, mask: compute_rewards(model, ids, mask))
+    use_id = settings is not None and teacher is not None and settings.lam > 0
+    if not use_id:
+        rewards = forward(batch.input_ids, batch.attention_mask)
+        return _bt_part(rewards, batch, num_pairs)
+    with capture_qk(model, top_n=settings.top_n, keep_pre_rope=settings.inter_keys == "pre_rope") as cap:
+        rewards = forward(batch.input_ids, batch.attention_mask)
+    l_bt, metrics = _bt_part(rewards, batch, num_pairs)
+    student = simulated_maps(
+        cap.result(), batch, inter_keys=settings.inter_keys, mode=settings.mode, chunk_rows=settings.chunk_rows
+    )
+    l_id, id_metrics = id_loss(
+        student,
+        teacher.to(student.ww.device, torch.float32),
+        distance=settings.distance,
+        intra=settings.intra,
+        inter=settings.inter,
+        block_reduction=settings.block_reduction,
+        response_w=batch.unit_response_w if settings.response_only_inter else None,
+        response_l=batch.unit_response_l if settings.response_only_inter else None,
+        num_pairs=num_pairs,
+    )
+    metrics.update(id_metrics)
+    loss = total_loss(l_bt, l_id, lam=settings.lam)
+    metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+def _bt_part(
+    rewards: torch.Tensor, batch: PreferenceBatch, num_pairs: float | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    r_w, r_l = rewards.split(batch.num_pairs)  # (B,), (B,): chosen rows first
+    l_bt, metrics = bt_loss(r_w, r_l, margin=batch.margin, num_pairs=num_pairs)
+    metrics = {"l_bt": l_bt.detach(), **metrics, "loss": l_bt.detach()}
+    return l_bt, metrics
+
+
+class RewardForward(torch.nn.Module):
+    """Wraps a reward model so that DDP / DeepSpeed see one module whose forward
+    returns rewards (Eq. 1); the wrapped HF model stays reachable as `.model`."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return compute_rewards(self.model, input_ids, attention_mask)

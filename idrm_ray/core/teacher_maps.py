@@ -1,0 +1,181 @@
+"""Teacher-side map math: from the top-N attention probabilities of the NLI cross-encoder
+to the comparable unit-level target Ã of METHOD.md §6, and the padding helpers that move
+those maps through Ray Data as one ragged fp16 array per pair.
+
+Pure torch/numpy (no model, no transformers, no ray), so the train worker's collate can
+import it cheaply and tests can check every step by hand.
+
+Layout used throughout: the *joint* map of one pair is (N, U_w+U_l, U_w+U_l) with the four
+blocks of METHOD.md Eq. 5 as quadrants  [[ww, wl], [lw, ll]].  In a padded batch the
+rejected half starts at column U_w = the batch maximum, so `teacher_unit` in batched
+tensors offsets rejected units by that padded U_w (`pad_teacher_rows` re-offsets them).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from idrm_ray.core.types import BlockMaps
+
+
+class TeacherInputs(NamedTuple):
+    """A padded teacher batch (right padding)."""
+
+    input_ids: torch.Tensor  # (B, n_t) int64
+    token_type_ids: torch.Tensor  # (B, n_t) int64
+    attention_mask: torch.Tensor  # (B, n_t) int64, 1 on real tokens
+    teacher_unit: torch.Tensor  # (B, n_t) int64 in [-1, U_w+U_l); rejected units offset by the padded U_w
+    valid_w: torch.Tensor  # (B, U_w) bool, padded units False
+    valid_l: torch.Tensor  # (B, U_l) bool
+    n_units_w: list[int]  # each pair's own U_w
+    n_units_l: list[int]
+
+
+def pad_teacher_rows(
+    teacher_ids: Sequence[np.ndarray],
+    teacher_type_ids: Sequence[np.ndarray],
+    teacher_unit: Sequence[np.ndarray],
+    unit_valid_w: Sequence[np.ndarray],
+    unit_valid_l: Sequence[np.ndarray],
+    *,
+    pad_id: int,
+) -> TeacherInputs:
+    """Pad ragged per-pair arrays (as `PairEncoding` holds them) into one batch. Each pair
+    numbers its rejected units from its own U_w; here they move to the batch's padded U_w."""
+    n_w = [len(v) for v in unit_valid_w]
+    n_l = [len(v) for v in unit_valid_l]
+    B, n_t = len(teacher_ids), max(len(x) for x in teacher_ids)
+    U_w, U_l = max(n_w), max(n_l)
+    ids = np.full((B, n_t), pad_id, dtype=np.int64)
+    types = np.zeros((B, n_t), dtype=np.int64)
+    mask = np.zeros((B, n_t), dtype=np.int64)
+    unit = np.full((B, n_t), -1, dtype=np.int64)
+    valid_w = np.zeros((B, U_w), dtype=bool)
+    valid_l = np.zeros((B, U_l), dtype=bool)
+    for b in range(B):  # loop over pairs only; the per-token work is vectorised
+        n = len(teacher_ids[b])
+        u = np.asarray(teacher_unit[b], dtype=np.int64)
+        if len(teacher_type_ids[b]) != n or len(u) != n:
+            raise ValueError(f"pair {b}: teacher_ids/teacher_type_ids/teacher_unit lengths differ")
+        if u.size and u.max() >= n_w[b] + n_l[b]:
+            raise ValueError(f"pair {b}: teacher_unit {u.max()} >= U_w+U_l = {n_w[b] + n_l[b]}")
+        ids[b, :n], types[b, :n], mask[b, :n] = teacher_ids[b], teacher_type_ids[b], 1
+        unit[b, :n] = np.where(u >= n_w[b], u + (U_w - n_w[b]), u)
+        valid_w[b, : n_w[b]], valid_l[b, : n_l[b]] = unit_valid_w[b], unit_valid_l[b]
+    t = torch.from_numpy
+    return TeacherInputs(t(ids), t(types), t(mask), t(unit), t(valid_w), t(valid_l), n_w, n_l)
+
+
+def joint_unit_maps(
+    attn: torch.Tensor, teacher_unit: torch.Tensor, valid: torch.Tensor, n_units_w: int, *, renormalize: bool = True
+) -> torch.Tensor:
+    """Ã of METHOD.md §6 for all four blocks at once, in the joint layout.
+
+    attn (B, N, n_t, n_t) head-mean probabilities; teacher_unit (B, n_t) global padded
+    unit ids; valid (B, U) with U = U_w+U_l. Returns (B, N, U, U) fp32.
+    Tokens of specials, padding and invalid units go to a dump slot U and are dropped.
+    Renormalising each token row over the kept keys of one half, then summing keys into
+    units, equals summing first and renormalising over that half's unit columns.
+    """
+    B, N, n, _ = attn.shape
+    U = valid.shape[1]
+    attn = attn.float()
+    unit = teacher_unit.long()
+    keep = (unit >= 0) & valid.gather(1, unit.clamp(min=0))  # (B, n)
+    slot = torch.where(keep, unit, torch.full_like(unit, U))  # (B, n) in [0, U]
+    key_idx = slot[:, None, None, :].expand(B, N, n, n)
+    keys = attn.new_zeros(B, N, n, U + 1).scatter_add_(3, key_idx, attn)[..., :U]  # (B, N, n, U) keys summed
+    if renormalize:
+        tiny = torch.finfo(torch.float32).tiny  # a zero-mass row has zero numerators: 0 / tiny = 0, no NaN
+        halves = (keys[..., :n_units_w], keys[..., n_units_w:])
+        keys = torch.cat([h / h.sum(-1, keepdim=True).clamp_min(tiny) for h in halves], dim=-1)
+    row_idx = slot[:, None, :, None].expand(B, N, n, U)
+    rows = attn.new_zeros(B, N, U + 1, U).scatter_add_(2, row_idx, keys)[:, :, :U]  # (B, N, U, U) rows summed
+    count = attn.new_zeros(B, U + 1).scatter_add_(1, slot, torch.ones_like(attn[:, 0, 0]))[:, :U]  # (B, U)
+    joint = rows / count.clamp(min=1.0)[:, None, :, None]  # query rows averaged within each unit
+    both_valid = valid[:, None, :, None] & valid[:, None, None, :]  # (B, 1, U, U)
+    return joint * both_valid  # invalid units have no tokens already; this states it
+
+
+def split_joint(joint: torch.Tensor, valid_w: torch.Tensor, valid_l: torch.Tensor) -> BlockMaps:
+    """(B, N, U_w+U_l, U_w+U_l) joint layout -> the four blocks of METHOD.md Eq. 5."""
+    U_w = valid_w.shape[1]
+    return BlockMaps(
+        ww=joint[:, :, :U_w, :U_w].contiguous(),  # (B, N, U_w, U_w)
+        ll=joint[:, :, U_w:, U_w:].contiguous(),  # (B, N, U_l, U_l)
+        wl=joint[:, :, :U_w, U_w:].contiguous(),  # (B, N, U_w, U_l)
+        lw=joint[:, :, U_w:, :U_w].contiguous(),  # (B, N, U_l, U_w)
+        valid_w=valid_w.bool(),
+        valid_l=valid_l.bool(),
+    )
+
+
+def teacher_block_maps(
+    attn_top: Sequence[torch.Tensor],
+    teacher_unit: torch.Tensor,
+    valid_w: torch.Tensor,
+    valid_l: torch.Tensor,
+    *,
+    renormalize: bool = True,
+) -> BlockMaps:
+    """The comparable teacher target Ã (METHOD.md §6) of the top-N blocks, k=0 the top.
+
+    attn_top[k]: (B, H, n_t, n_t) probabilities (or (B, n_t, n_t) already head-meaned).
+    teacher_unit (B, n_t): -1 for specials/padding, chosen units in [0, U_w), rejected in
+    [U_w, U_w+U_l) with U_w = valid_w.shape[1] (the padded count). valid_w (B, U_w),
+    valid_l (B, U_l) bool. `renormalize=False` keeps the raw, specials-dropped mass (the
+    joint variant of METHOD.md §5). Returns fp32 BlockMaps on attn's device.
+    """
+    if not attn_top:
+        raise ValueError("attn_top is empty: pass at least the top block's attention")
+    maps = [a.float().mean(1) if a.dim() == 4 else a.float() for a in attn_top]  # each (B, n_t, n_t), head-mean
+    attn = torch.stack(maps, dim=1)  # (B, N, n_t, n_t)
+    valid = torch.cat([valid_w, valid_l], dim=1).bool().to(attn.device)  # (B, U_w+U_l)
+    if teacher_unit.shape != attn.shape[:1] + attn.shape[-1:]:
+        raise ValueError(f"teacher_unit {tuple(teacher_unit.shape)} does not match attention {tuple(attn.shape)}")
+    if teacher_unit.numel() and int(teacher_unit.max()) >= valid.shape[1]:
+        raise ValueError(f"teacher_unit max {int(teacher_unit.max())} >= U_w+U_l = {valid.shape[1]}")
+    joint = joint_unit_maps(attn, teacher_unit.to(attn.device), valid, valid_w.shape[1], renormalize=renormalize)
+    return split_joint(joint, valid_w.bool().to(attn.device), valid_l.bool().to(attn.device))
+
+
+def maps_to_rows(joint: torch.Tensor, n_units_w: Sequence[int], n_units_l: Sequence[int]) -> list[np.ndarray]:
+    """Padded joint maps (B, N, U_w+U_l, U_w+U_l) -> per pair an fp16 numpy array
+    (N, u_w+u_l, u_w+u_l) cut to that pair's own unit counts, same quadrant layout."""
+    U_w = max(n_units_w)  # the padded count: where the rejected half starts
+    dense = joint.to(torch.float16).cpu().numpy()
+    rows = []
+    for b, (uw, ul) in enumerate(zip(n_units_w, n_units_l)):
+        sel = np.r_[0:uw, U_w : U_w + ul]
+        rows.append(np.ascontiguousarray(dense[b][:, sel][:, :, sel]))
+    return rows
+
+
+def block_maps_from_rows(
+    maps: Sequence[np.ndarray],
+    n_units_w: Sequence[int],
+    valid_w: Sequence[np.ndarray],
+    valid_l: Sequence[np.ndarray],
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> BlockMaps:
+    """Per-pair joint maps (as `TeacherAttention` emits them) -> one padded BlockMaps.
+    This is the train worker's collate step; padded rows and columns are zero."""
+    B = len(maps)
+    N = maps[0].shape[0] if B else 0
+    U_w, U_l = max(len(v) for v in valid_w), max(len(v) for v in valid_l)
+    joint = np.zeros((B, N, U_w + U_l, U_w + U_l), dtype=np.float32)
+    for b, m in enumerate(maps):
+        uw, ul = int(n_units_w[b]), len(valid_l[b])
+        if uw != len(valid_w[b]) or m.shape != (N, uw + ul, uw + ul):
+            raise ValueError(f"pair {b}: map {m.shape} does not match N={N}, U_w={len(valid_w[b])}, U_l={ul}")
+        pos = np.r_[0:uw, U_w : U_w + ul]  # where this pair's units sit in the padded layout
+        joint[b][np.ix_(range(N), pos, pos)] = m
+    vw = np.zeros((B, U_w), dtype=bool)
+    vl = np.zeros((B, U_l), dtype=bool)
+    for b in range(B):
+        vw[b, : len(valid_w[b])], vl[b, : len(valid_l[b])] = valid_w[b], valid_l[b]
+    return split_joint(torch.from_numpy(joint).to(dtype), torch.from_numpy(vw), torch.from_numpy(vl))

@@ -1,0 +1,347 @@
+"""Cross-tokenizer common units and aligned pair encodings (METHOD.md §6, "Token
+alignment across tokenizers" and "Truncation", both [D]).
+
+The student (decoder RM, e.g. Llama-3 byte-level BPE) and the teacher (cross-encoder,
+e.g. DeBERTa) segment the same text differently. Both attention maps are pooled onto
+the coarsest segmentation that both tokenizations refine: the common units. Units are
+computed per half over the content string prompt+response from the FULL tokenizations,
+then each model's window is cut (`truncation.py`); a unit is valid for L_ID only if
+both windows still hold a token of it.
+
+CPU numpy only: this runs per pair inside data-loading tasks.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from idrm_ray.core.truncation import content_budget, renumber_units, window_keep, window_units
+from idrm_ray.core.types import AlignmentStats, PairEncoding, PreferenceBatch, PreferenceExample
+
+# ----------------------------------------------------------------------------- units
+
+
+def _as_spans(offsets, text_len: int) -> np.ndarray:
+    return np.clip(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), 0, text_len)  # (n, 2)
+
+
+def _unit_of_tokens(unit_of_char: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    out = np.full(len(spans), -1, dtype=np.int64)
+    real = spans[:, 1] > spans[:, 0]  # empty spans (specials) cover nothing: no unit
+    out[real] = unit_of_char[spans[real, 0]]
+    return out
+
+
+def common_units(text_len: int, offsets_a, offsets_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coarsest common segmentation of one string under two tokenizations (METHOD.md §6).
+
+    `offsets_*`: (n_*, 2) per-token [start, end) character spans; empty spans (specials,
+    (0, 0)) are ignored. Position p is a cut iff no token of either side has
+    start < p < end; units are the spans between consecutive cuts that some token
+    covers (characters no tokenizer covers, e.g. spaces both drop, are in no unit).
+    Overlapping spans (byte-level BPE splitting one character) and normalisers that
+    change the text are fine: only the offsets into the original string are used.
+
+    Returns spans (U, 2) int64 and token->unit (n_a,), (n_b,) int64, -1 for empty spans.
+    """
+    span_a, span_b = _as_spans(offsets_a, text_len), _as_spans(offsets_b, text_len)
+    starts, ends = np.concatenate([span_a, span_b]).T
+    real = ends > starts
+    s, e = starts[real], ends[real]
+    size = text_len + 2
+    # Difference arrays: +1 where a token's coverage / straddling begins, -1 where it stops.
+    covered = np.cumsum(np.bincount(s, minlength=size) - np.bincount(e, minlength=size))[:text_len] > 0
+    straddled = np.cumsum(np.bincount(s + 1, minlength=size) - np.bincount(e, minlength=size))[:text_len] > 0
+    seg_starts = np.flatnonzero(~straddled)  # cuts in [0, L); position 0 is never straddled
+    seg_ends = np.append(seg_starts[1:], text_len)
+    # A segment longer than one character is straddled inside, hence fully covered;
+    # so its first character decides whether it is a unit.
+    is_unit = covered[seg_starts]
+    spans = np.stack([seg_starts[is_unit], seg_ends[is_unit]], axis=1)  # (U, 2)
+    unit_of_seg = np.where(is_unit, np.cumsum(is_unit) - 1, -1)
+    unit_of_char = unit_of_seg[np.cumsum(~straddled) - 1]  # (L,)
+    return spans, _unit_of_tokens(unit_of_char, span_a), _unit_of_tokens(unit_of_char, span_b)
+
+
+def unit_matrix(token_unit: np.ndarray, num_units: int, *, dtype=np.float32) -> np.ndarray:
+    """Dense (n, U) 0/1 token->unit matrix G of METHOD.md §6 (rows of -1 tokens are zero).
+    Pool(P) = diag(G_q^T 1)^-1 G_q^T P G_k; a reference for tests, not the fast path."""
+    token_unit = np.asarray(token_unit, dtype=np.int64)
+    out = np.zeros((len(token_unit), num_units), dtype=dtype)
+    rows = np.flatnonzero(token_unit >= 0)
+    out[rows, token_unit[rows]] = 1
+    return out
+
+
+# ----------------------------------------------------------------------------- tokenization
+
+
+class _Tokens(NamedTuple):
+    ids: np.ndarray  # (n,) int64
+    offsets: np.ndarray  # (n, 2) int64 character spans into the tokenized string
+    special: np.ndarray  # (n,) bool, added by the tokenizer's post-processor
+
+
+def _tokenize(tokenizer, texts: list[str], *, add_special_tokens: bool) -> list[_Tokens]:
+    # One call for the whole list: fast tokenizers batch in Rust, and the Python
+    # overhead of a call dominates for ~200-token texts.
+    enc = tokenizer(
+        texts,
+        add_special_tokens=add_special_tokens,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,  # long inputs are truncated here, not by the tokenizer
+    )
+    rows = zip(enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"])
+    return [
+        _Tokens(np.asarray(i, np.int64), np.asarray(o, np.int64).reshape(-1, 2), np.asarray(m, bool)) for i, o, m in rows
+    ]
+
+
+def _with_eos(tokens: _Tokens, eos_id: int) -> _Tokens:
+    # The reward is read at the last token (OpenRLHF style), so it must be EOS.
+    if len(tokens.ids) and tokens.ids[-1] == eos_id:
+        return tokens
+    return _Tokens(
+        np.append(tokens.ids, eos_id), np.vstack([tokens.offsets, [[0, 0]]]), np.append(tokens.special, True)
+    )
+
+
+@dataclass(frozen=True)
+class PairFormat:
+    """A teacher's own pair template, split around the two texts: e.g. BERT/DeBERTa
+    `[CLS] A [SEP] B [SEP]`, RoBERTa `<s> A </s></s> B </s>`."""
+
+    ids: tuple[np.ndarray, np.ndarray, np.ndarray]  # special ids before A, between, after B
+    type_ids: tuple[np.ndarray, np.ndarray, np.ndarray]  # their segment ids
+    type_a: int
+    type_b: int
+
+    @property
+    def num_specials(self) -> int:
+        return sum(len(part) for part in self.ids)
+
+    def join(self, a: np.ndarray, b: np.ndarray, *, specials: int | None = None) -> np.ndarray:
+        """before + a + between + b + after; `specials` replaces the special ids by a
+        constant (-1 for the unit column)."""
+        before, between, after = (p if specials is None else np.full(len(p), specials) for p in self.ids)
+        return np.concatenate([before, a, between, b, after]).astype(np.int64)
+
+    def type_ids_for(self, len_a: int, len_b: int) -> np.ndarray:
+        before, between, after = self.type_ids
+        a, b = np.full(len_a, self.type_a), np.full(len_b, self.type_b)
+        return np.concatenate([before, a, between, b, after]).astype(np.int64)
+
+
+def teacher_pair_format(tokenizer) -> PairFormat:
+    """Read the pair format off a probe `tokenizer("a", "b")`, so any post-processor
+    (BERT, DeBERTa, RoBERTa, ...) is reproduced exactly when we splice truncated ids."""
+    part_a, part_b = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("a", "b"))
+    probe = tokenizer("a", "b", return_special_tokens_mask=True, return_token_type_ids=True)
+    ids = np.asarray(probe["input_ids"], dtype=np.int64)
+    types = np.asarray(probe.get("token_type_ids") or np.zeros_like(ids), dtype=np.int64)
+    content = np.flatnonzero(~np.asarray(probe["special_tokens_mask"], dtype=bool))
+    a_pos, b_pos = content[: len(part_a)], content[len(part_a) :]
+    contiguous = all(len(p) and np.all(np.diff(p) == 1) for p in (a_pos, b_pos))
+    if not contiguous or ids[a_pos].tolist() != part_a or ids[b_pos].tolist() != part_b:
+        raise ValueError(f"cannot read the pair format of {type(tokenizer).__name__}: probe ids {ids.tolist()}")
+    i0, i1, j0, j1 = a_pos[0], a_pos[-1] + 1, b_pos[0], b_pos[-1] + 1
+    return PairFormat(
+        ids=(ids[:i0], ids[i1:j0], ids[j1:]),
+        type_ids=(types[:i0], types[i1:j0], types[j1:]),
+        type_a=int(types[i0]),
+        type_b=int(types[j0]),
+    )
+
+
+# ----------------------------------------------------------------------------- one half
+
+
+class _Layout(NamedTuple):
+    """Character layout of the student string prefix + prompt + separator + response + suffix."""
+
+    prefix: int
+    prompt: int
+    separator: int
+    response: int
+
+
+def _content_offsets(tokens: _Tokens, lay: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Student offsets mapped from the templated string into content coordinates
+    (prompt+response). A token that also covers template characters keeps only its
+    content part; tokens with no content character (template, specials) get (0, 0).
+    Returns offsets (n, 2) and is_content (n,) bool."""
+    s, e = tokens.offsets.T
+    p0, p1 = lay.prefix, lay.prefix + lay.prompt
+    r0 = p1 + lay.separator
+    r1 = r0 + lay.response
+    ps, pe = np.maximum(s, p0), np.minimum(e, p1)
+    rs, re = np.maximum(s, r0), np.minimum(e, r1)
+    has_p, has_r = (pe > ps) & ~tokens.special, (re > rs) & ~tokens.special
+    start = np.where(has_p, ps - p0, rs - r0 + lay.prompt)
+    end = np.where(has_r, re - r0 + lay.prompt, pe - p0)
+    is_content = has_p | has_r
+    return np.where(is_content[:, None], np.stack([start, end], axis=1), 0), is_content
+
+
+class _Half(NamedTuple):
+    student_ids: np.ndarray  # (n,) kept student ids, [BOS] ... [EOS]
+    student_unit: np.ndarray  # (n,) in [-1, U)
+    teacher_ids: np.ndarray  # (m,) kept teacher content ids, no specials
+    teacher_unit: np.ndarray  # (m,) in [-1, U)
+    spans: np.ndarray  # (U, 2)
+    valid: np.ndarray  # (U,) bool
+    response: np.ndarray  # (U,) bool
+    stats: AlignmentStats
+
+
+def _encode_half(
+    student: _Tokens, teacher: _Tokens, lay: _Layout, *, student_max_len: int, teacher_budget: int
+) -> _Half:
+    content_offsets, s_content = _content_offsets(student, lay)
+    spans, s_unit, t_unit = common_units(lay.prompt + lay.response, content_offsets, teacher.offsets)
+    s_budget = content_budget(student_max_len, int((~s_content).sum()), what="student")
+    s_keep = window_keep(s_content, content_offsets[:, 0] < lay.prompt, budget=s_budget)
+    # Every teacher token here is content (specials are spliced in later); zero-width
+    # ones have no unit but still take a position in the window.
+    t_keep = window_keep(np.ones(len(teacher.ids), bool), teacher.offsets[:, 0] < lay.prompt, budget=teacher_budget)
+    stats, valid, present = window_units(s_unit, s_keep, t_unit, t_keep, num_units=len(spans))
+    # [D] Units left in neither window appear in neither forward; dropping them keeps
+    # the (U, U) maps bounded by the windows, not by the raw text length.
+    return _Half(
+        student_ids=student.ids[s_keep],
+        student_unit=renumber_units(s_unit[s_keep], present),
+        teacher_ids=teacher.ids[t_keep],
+        teacher_unit=renumber_units(t_unit[t_keep], present),
+        spans=spans[present],
+        valid=valid[present],
+        response=(spans[:, 1] > lay.prompt)[present],
+        stats=stats,
+    )
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def _join(w: _Half, l: _Half, fmt: PairFormat) -> PairEncoding:
+    # One global unit numbering on the teacher: rejected units follow the chosen ones.
+    l_unit = np.where(l.teacher_unit >= 0, l.teacher_unit + len(w.spans), -1)
+    stats = w.stats.merge(l.stats)
+    stats.pairs_teacher_truncated = int(stats.teacher_tokens_truncated > 0)
+    stats.pairs_student_truncated = int(stats.student_tokens_truncated > 0)
+    return PairEncoding(
+        student_ids_w=w.student_ids,
+        student_ids_l=l.student_ids,
+        student_unit_w=w.student_unit,
+        student_unit_l=l.student_unit,
+        teacher_ids=fmt.join(w.teacher_ids, l.teacher_ids),
+        teacher_type_ids=fmt.type_ids_for(len(w.teacher_ids), len(l.teacher_ids)),
+        teacher_unit=fmt.join(w.teacher_unit, l_unit, specials=-1),
+        unit_valid_w=w.valid,
+        unit_valid_l=l.valid,
+        unit_response_w=w.response,
+        unit_response_l=l.response,
+        unit_spans_w=w.spans,
+        unit_spans_l=l.spans,
+        stats=stats,
+    )
+
+
+def encode_pairs(
+    examples: Sequence[PreferenceExample],
+    student_tokenizer,
+    teacher_tokenizer,
+    *,
+    student_max_len: int,
+    teacher_max_len: int = 512,
+    template: tuple[str, str, str] | None = None,
+) -> list[PairEncoding]:
+    """Align and truncate a list of pairs with two batched tokenizer calls (see
+    `encode_pair`). Halves are ordered [chosen_0, rejected_0, chosen_1, ...]."""
+    if not examples:
+        return []
+    if student_tokenizer.eos_token_id is None:
+        raise ValueError("the student tokenizer needs an EOS token: the reward is read there")
+    prefix, separator, suffix = template or ("", "", "")
+    fmt = teacher_pair_format(teacher_tokenizer)
+    teacher_budget = content_budget(teacher_max_len, fmt.num_specials, what="teacher") // 2
+    halves = [(ex.prompt, response) for ex in examples for response in (ex.chosen, ex.rejected)]
+    student_texts = [prefix + prompt + separator + response + suffix for prompt, response in halves]
+    student = _tokenize(student_tokenizer, student_texts, add_special_tokens=True)
+    teacher = _tokenize(teacher_tokenizer, [prompt + response for prompt, response in halves], add_special_tokens=False)
+    encoded = [
+        _encode_half(
+            _with_eos(s, student_tokenizer.eos_token_id),
+            t,
+            _Layout(len(prefix), len(prompt), len(separator), len(response)),
+            student_max_len=student_max_len,
+            teacher_budget=teacher_budget,
+        )
+        for s, t, (prompt, response) in zip(student, teacher, halves)
+    ]
+    return [_join(encoded[i], encoded[i + 1], fmt) for i in range(0, len(encoded), 2)]
+
+
+def encode_pair(
+    example: PreferenceExample,
+    student_tokenizer,
+    teacher_tokenizer,
+    *,
+    student_max_len: int,
+    teacher_max_len: int = 512,
+    template: tuple[str, str, str] | None = None,
+) -> PairEncoding:
+    """One pair: the student reads `prefix + prompt + separator + response + suffix`
+    per half with its own specials and a final EOS; the teacher reads its own pair
+    format with A = prompt+chosen and B = prompt+rejected (`template` = (prefix,
+    separator, suffix), default all empty). Truncation: METHOD.md §6 / `truncation.py`,
+    the student over its whole sequence, the teacher per half with
+    (teacher_max_len - #specials) // 2 tokens each."""
+    return encode_pairs(
+        [example],
+        student_tokenizer,
+        teacher_tokenizer,
+        student_max_len=student_max_len,
+        teacher_max_len=teacher_max_len,
+        template=template,
+    )[0]
+
+
+# ----------------------------------------------------------------------------- collate
+
+
+def _pad(rows: list[np.ndarray], *, value, dtype: torch.dtype) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=dtype)
+    return out
+
+
+def collate_pairs(
+    encodings: Sequence[PairEncoding], *, pad_id: int, margins: Sequence[float] | None = None
+) -> PreferenceBatch:
+    """Stack B encodings into one student batch: chosen rows [0, B), rejected rows
+    [B, 2B), right padding to the longest sequence; unit masks padded with False."""
+    if margins is not None and len(margins) != len(encodings):
+        raise ValueError(f"{len(margins)} margins for {len(encodings)} pairs")
+    seqs = [e.student_ids_w for e in encodings] + [e.student_ids_l for e in encodings]
+    units = [e.student_unit_w for e in encodings] + [e.student_unit_l for e in encodings]
+    masks = [np.ones(len(s), dtype=np.int64) for s in seqs]
+    unit_masks = {
+        name: _pad([getattr(e, name) for e in encodings], value=False, dtype=torch.bool)
+        for name in ("unit_valid_w", "unit_valid_l", "unit_response_w", "unit_response_l")
+    }  # each (B, U_max)
+    return PreferenceBatch(
+        input_ids=_pad(seqs, value=pad_id, dtype=torch.long),  # (2B, n)
+        attention_mask=_pad(masks, value=0, dtype=torch.long),  # (2B, n)
+        student_unit=_pad(units, value=-1, dtype=torch.long),  # (2B, n)
+        margin=None if margins is None else torch.as_tensor(margins, dtype=torch.float32),  # (B,)
+        **unit_masks,
+    )

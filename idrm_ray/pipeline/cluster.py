@@ -1,0 +1,85 @@
+"""Ray at the edge: connecting, resources and the TorchTrainer around a worker loop.
+
+Node types are named by custom resources (`student_gpu`, `teacher_gpu`, declared in
+cluster.yaml). `resources.custom_resources`: `require` always asks for them, `ignore`
+never does, `auto` asks only when the cluster offers them (so the same config runs on
+one machine, DESIGN.md §2 decision 2).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from idrm_ray.config.train import TrainJobConfig
+from idrm_ray.pipeline.dataset import ExactlyOnceDataConfig, StagePlacement
+
+
+def init_ray(address: str) -> None:
+    """Join `address` (e.g. `auto` under `ray job submit`) or start Ray in process.
+    Locally we declare at least 4 logical CPUs: the stages ask for CPU fractions, and
+    2-core machines would otherwise leave Ray Data no budget (STACK_NOTES.md)."""
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):  # a cluster (e.g. under `ray job submit`)
+        ray.init(address=address or None, log_to_driver=True)
+    else:
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=True, include_dashboard=False)
+
+
+def _offers(resource: str) -> bool:
+    return bool(resource) and ray.cluster_resources().get(resource, 0) > 0
+
+
+def _wants(cfg: TrainJobConfig, resource: str) -> bool:
+    mode = cfg.resources.custom_resources
+    if mode == "require":
+        return bool(resource)
+    return mode == "auto" and _offers(resource)
+
+
+def scaling_config(cfg: TrainJobConfig) -> ScalingConfig:
+    res = cfg.resources
+    per_worker: dict[str, float] = {"CPU": res.cpus_per_worker}
+    if res.use_gpu:
+        per_worker["GPU"] = res.gpus_per_worker
+    if _wants(cfg, res.student_resource):
+        per_worker[res.student_resource] = res.student_resource_amount
+    return ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker)
+
+
+def stage_placement(cfg: TrainJobConfig) -> StagePlacement:
+    res = cfg.resources
+    custom = {res.teacher_resource: res.teacher_resource_amount} if _wants(cfg, res.teacher_resource) else None
+    return StagePlacement(
+        teacher_cpus=res.teacher_num_cpus,
+        teacher_gpus=res.teacher_num_gpus,
+        teacher_resources=custom,
+        teacher_concurrency=tuple(res.teacher_concurrency),
+        teacher_batch_size=cfg.teacher.batch_size,
+    )
+
+
+def storage_path(cfg: TrainJobConfig, run_dir: Path) -> str:
+    return cfg.run.storage_path or str((run_dir / "ray_storage").resolve())
+
+
+def fit(loop, *, loop_config: dict, datasets: dict, cfg: TrainJobConfig, run_dir: Path, name: str):
+    """Run one TorchTrainer; the same name + storage path resumes an interrupted run."""
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(cfg),
+        datasets=datasets,
+        dataset_config=ExactlyOnceDataConfig(),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path(cfg, run_dir),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+        ),
+    )
+    return trainer.fit()

@@ -1,0 +1,165 @@
+"""`idrm-ray train`: the job driver (runs on the head node or the local machine).
+
+Order: validate data (before any GPU time) -> prepare student/teacher -> per method, a
+Ray Data stream (encode -> teacher maps) into a TorchTrainer -> run folder with
+checkpoints, metrics, plots and summary.json.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from idrm_ray.config import dump_config
+from idrm_ray.config.plan import make_plan
+from idrm_ray.config.train import TrainJobConfig
+from idrm_ray.core.objective import IDSettings
+from idrm_ray.data import bundled_path, load_preferences
+from idrm_ray.pipeline import cluster, outputs
+from idrm_ray.pipeline.assets import prepare_student, prepare_teacher
+from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset, teacher_stream
+from idrm_ray.pipeline.spec import WorkerSpec
+from idrm_ray.pipeline.stages import EncodeStage
+
+
+def run_dir_for(cfg: TrainJobConfig) -> Path:
+    name = cfg.run.name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = Path(cfg.run.output_dir) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def load_data(cfg: TrainJobConfig, run_dir: Path):
+    """Validated train/eval pairs; counts of anything skipped go to the run folder."""
+    d = cfg.data
+    train_src = bundled_path("pref_train") if d.train == "bundled" else d.train
+    train, report = load_preferences(
+        train_src, format=d.format, split=d.train_split, skip_bad_rows=d.skip_bad_rows, max_rows=d.max_pairs
+    )
+    if d.eval:
+        eval_src = bundled_path("pref_eval") if d.eval == "bundled" else d.eval
+        evals, eval_report = load_preferences(eval_src, format=d.format, split=d.eval_split, skip_bad_rows=d.skip_bad_rows)
+    elif d.train == "bundled":
+        evals, eval_report = load_preferences(bundled_path("pref_eval"))
+    else:
+        n_eval = int(len(train) * d.eval_fraction)
+        train, evals, eval_report = train[n_eval:], train[:n_eval], None
+    if d.skip_bad_rows:
+        report.write_skipped(run_dir)
+    counts = {"train": report.metrics(), "eval": eval_report.metrics() if eval_report else {}}
+    return train, evals, counts
+
+
+def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad_id: int) -> WorkerSpec:
+    o = cfg.optim
+    ids = IDSettings(**dump_config(cfg.method.id)) if method == "id" else None
+    return WorkerSpec(
+        method=method, student_dir=student_dir, pad_id=pad_id, id_settings=ids,
+        lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), schedule=o.schedule,
+        warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, epochs=o.epochs,
+        micro_batch_size=plan.micro_batch_size, grad_accum_steps=plan.grad_accum_steps,
+        max_grad_norm=o.max_grad_norm, seed=o.seed,
+        strategy="deepspeed" if cfg.deepspeed.enabled else "torch", zero_stage=cfg.deepspeed.zero_stage,
+        precision=plan.precision, offload_optimizer=cfg.deepspeed.offload_optimizer,
+        gradient_checkpointing=cfg.student.gradient_checkpointing,
+        eval_every=plan.eval_every, checkpoint_every=plan.checkpoint_every, log_every=cfg.run.log_every,
+        max_nonfinite_steps=cfg.run.max_nonfinite_steps,
+    )
+
+
+def methods_to_run(cfg: TrainJobConfig) -> list[str]:
+    if cfg.method.name == "id" and cfg.method.compare_bt:
+        return ["bt", "id"]
+    return [cfg.method.name]
+
+
+def run_train(cfg: TrainJobConfig) -> dict:
+    t_start = time.perf_counter()
+    run_dir = run_dir_for(cfg)
+    (run_dir / "config.yaml").write_text(json.dumps(dump_config(cfg), indent=2))
+    train, evals, counts = load_data(cfg, run_dir)
+    plan = make_plan(cfg, len(train))
+    methods = methods_to_run(cfg)
+    print(f"[idrm] run folder {run_dir}: {len(train)} train / {len(evals)} eval pairs, methods {methods}")
+    cluster.init_ray(cfg.resources.ray_address)
+    student_dir = prepare_student(cfg, run_dir)
+    teacher_dir, teacher_metrics = prepare_teacher(cfg, run_dir, needed="id" in methods)
+    runs = []
+    for method in methods:
+        runs.append(train_one(cfg, plan, method=method, student_dir=student_dir, teacher_dir=teacher_dir,
+                              train=train, evals=evals, run_dir=run_dir))
+    summary = {
+        "run_dir": str(run_dir),
+        "wall_time_s": time.perf_counter() - t_start,
+        "data": counts,
+        "plan": plan.as_dict(),
+        "teacher": {"path": teacher_dir, **teacher_metrics},
+        "runs": runs,
+    }
+    outputs.write_summary(run_dir, summary)
+    return summary
+
+
+def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_dir: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    spec = worker_spec(cfg, plan, method=method, student_dir=student_dir, pad_id=tokenizer.pad_token_id)
+    placement = cluster.stage_placement(cfg)
+    t = cfg.student.template
+    encode_kwargs = dict(
+        student_tokenizer_dir=student_dir, teacher_tokenizer_dir=teacher_dir,
+        student_max_len=cfg.student.max_len, teacher_max_len=cfg.teacher.max_len,
+        template=(t.prefix, t.separator, t.suffix) if (t.prefix or t.separator or t.suffix) else None,
+    )
+    train_ds = encoded_stream(examples_dataset(train), encode_kwargs=encode_kwargs, placement=placement)
+    if method == "id":
+        teacher_kwargs = dict(teacher_path=teacher_dir, top_n=cfg.method.id.top_n,
+                              renormalize=cfg.method.id.mode == "separate")
+        train_ds = teacher_stream(train_ds, teacher_kwargs=teacher_kwargs, placement=placement)
+    eval_ref = ray.put(encode_eval(evals, encode_kwargs))
+    t0 = time.perf_counter()
+    result = cluster.fit(
+        _loop(), loop_config={"spec": spec.to_dict(), "eval_ref": eval_ref}, datasets={"train": train_ds},
+        cfg=cfg, run_dir=run_dir, name=f"{run_dir.name}-{method}",
+    )
+    if result.error is not None:
+        raise result.error
+    return outputs.collect_method(run_dir / method, result, method=method, wall_s=time.perf_counter() - t0)
+
+
+def encode_eval(evals, encode_kwargs: dict) -> list[dict]:
+    """Eval pairs encoded once on the driver (student inputs only), as stream rows."""
+    stage = EncodeStage(**encode_kwargs)
+    rows = []
+    for start in range(0, len(evals), 256):
+        chunk = evals[start : start + 256]
+        batch = stage({
+            "prompt": [e.prompt for e in chunk], "chosen": [e.chosen for e in chunk],
+            "rejected": [e.rejected for e in chunk], "pair_id": np.arange(start, start + len(chunk)),
+            "margin": np.array([np.nan if e.margin is None else e.margin for e in chunk]),
+        })
+        rows += [{k: v[i] for k, v in batch.items()} for i in range(len(chunk))]
+    return rows
+
+
+def _loop():
+    from idrm_ray.pipeline.worker import train_loop_per_worker
+
+    return train_loop_per_worker
+
+
+
+def run_teacher(cfg: TrainJobConfig) -> dict:
+    """`idrm-ray teacher`: only the NLI fine-tune; prints and returns its metrics."""
+    run_dir = run_dir_for(cfg)
+    cluster.init_ray(cfg.resources.ray_address)
+    if cfg.teacher.name_or_path:
+        print(f"[idrm] teacher.name_or_path={cfg.teacher.name_or_path!r} is a ready teacher; nothing to fine-tune")
+        return {}
+    path, metrics = prepare_teacher(cfg, run_dir, needed=True)
+    print(json.dumps({"teacher": path, **metrics}, indent=2))
+    return metrics

@@ -1,0 +1,78 @@
+"""Worker-side ingest: numpy batches from the Ray Data stream -> student tensors.
+
+`synced_batches` keeps data-parallel ranks in lock-step when their shards differ in
+length (we split with `equal=False` so that no pair is dropped): a rank whose shard is
+exhausted keeps stepping on its last batch with zero weight until every rank is done,
+so the collectives of DeepSpeed/DDP always match. Only real batches are counted.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from idrm_ray.core.teacher import block_maps_from_rows
+from idrm_ray.core.types import BlockMaps, PreferenceBatch
+from idrm_ray.core.units import collate_pairs
+from idrm_ray.pipeline.records import batch_margins, batch_size, row_to_encoding
+
+
+@dataclass
+class StreamItem:
+    batch: dict[str, Any]  # numpy batch (ragged columns are object arrays)
+    real: bool  # False for the zero-weight filler of an exhausted rank
+    wait_s: float  # seconds this rank waited for the stream to yield it
+
+
+def synced_batches(
+    batches: Iterable[dict[str, Any]],
+    all_reduce_sum: Callable[[float], float],
+    *,
+    filler: dict[str, Any] | None = None,
+) -> Iterator[StreamItem]:
+    """Yield every local batch once, then fillers until all ranks are exhausted.
+    `filler` stands in for a rank that has no batch at all."""
+    it = iter(batches)
+    last: dict[str, Any] | None = filler
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        wait = time.perf_counter() - t0
+        has_local = batch is not None
+        if all_reduce_sum(float(has_local)) == 0:
+            return
+        if has_local:
+            last = batch
+            yield StreamItem(batch, True, wait)
+        elif last is not None:
+            yield StreamItem(last, False, wait)
+        else:  # this rank got no data at all this epoch: nothing to run a filler on
+            raise RuntimeError(
+                "a train worker received no pairs while others did; use fewer workers or more data "
+                "(every worker needs at least one micro-batch per epoch)"
+            )
+
+
+def stack_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Row dicts -> one numpy-style batch (ragged columns stay lists)."""
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+
+
+def to_student_batch(
+    batch: dict[str, Any], *, pad_id: int, device: torch.device, use_margin: bool = False
+) -> PreferenceBatch:
+    """Student tensors of a stream batch. Rating margins enter the loss only for methods
+    that use them (AM-RM); plain BT ignores them even when the data carries them."""
+    encodings = [row_to_encoding(batch, i) for i in range(batch_size(batch))]
+    margins = batch_margins(batch) if use_margin else None
+    return collate_pairs(encodings, pad_id=pad_id, margins=margins).to(device)
+
+
+def to_teacher_maps(batch: dict[str, Any], *, device: torch.device) -> BlockMaps:
+    """Pad the per-pair fp16 unit-level maps into a batch BlockMaps (kept fp16 until the loss)."""
+    n_w = [int(len(v)) for v in batch["unit_valid_w"]]
+    maps = block_maps_from_rows(list(batch["teacher_maps"]), n_w, list(batch["unit_valid_w"]), list(batch["unit_valid_l"]))
+    return maps.to(device)

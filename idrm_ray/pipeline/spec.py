@@ -1,0 +1,55 @@
+"""WorkerSpec: the plain values a train worker needs, resolved by the driver.
+
+Workers never see the config tree (STYLE.md §7, "builders take values"): the driver
+resolves presets, paths and the plan, and hands each worker this flat, picklable spec.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from idrm_ray.core.objective import IDSettings
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    method: str  # "bt" | "id" (baselines plug in here)
+    student_dir: str  # HF directory of the initial reward model (backbone + score head)
+    pad_id: int
+    id_settings: IDSettings | None  # None for BT
+    use_margin: bool = False  # feed the data's rating margins to the BT loss (AM-RM)
+    # optimisation (values from the plan, METHOD.md §7 defaults)
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    total_steps: int = 1
+    epochs: int = 1
+    micro_batch_size: int = 4
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    # parallelism / precision
+    strategy: str = "torch"  # "deepspeed" | "torch"
+    zero_stage: int = 3
+    precision: str = "fp32"
+    offload_optimizer: bool = False
+    gradient_checkpointing: bool = False
+    # run control
+    eval_every: int = 0  # optimizer steps; 0: only at the end
+    checkpoint_every: int = 0  # optimizer steps; 0: only at the end
+    log_every: int = 1
+    max_nonfinite_steps: int = 5
+    prefetch_batches: int = 2
+    tags: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WorkerSpec":
+        d = dict(d)
+        if d.get("id_settings") is not None and not isinstance(d["id_settings"], IDSettings):
+            d["id_settings"] = IDSettings(**d["id_settings"])
+        d["betas"] = tuple(d.get("betas", (0.9, 0.95)))
+        return cls(**d)

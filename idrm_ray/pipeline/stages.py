@@ -1,0 +1,79 @@
+"""Ray Data stages (callable classes that `map_batches` runs in actor pools).
+
+They are plain classes over numpy batches: tests call them in-process. The Ray-specific
+placement (CPU fractions, `teacher_gpu`) is decided in `dataset.py`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from idrm_ray.core.types import PreferenceExample
+from idrm_ray.pipeline.records import encoding_to_row
+
+
+class EncodeStage:
+    """CPU: tokenize both halves for student and teacher and align units (METHOD.md §6)."""
+
+    def __init__(
+        self,
+        student_tokenizer_dir: str,
+        teacher_tokenizer_dir: str | None,
+        *,
+        student_max_len: int,
+        teacher_max_len: int,
+        template: tuple[str, str, str] | None = None,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self.student_tok = AutoTokenizer.from_pretrained(student_tokenizer_dir)
+        # BT-only runs need no teacher; the student tokenizer then stands in (identity units).
+        self.teacher_tok = AutoTokenizer.from_pretrained(teacher_tokenizer_dir or student_tokenizer_dir)
+        self.kwargs = dict(student_max_len=student_max_len, teacher_max_len=teacher_max_len, template=template)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from idrm_ray.core.units import encode_pairs
+
+        examples = [
+            PreferenceExample(str(p), str(c), str(r))
+            for p, c, r in zip(batch["prompt"], batch["chosen"], batch["rejected"])
+        ]
+        encodings = encode_pairs(examples, self.student_tok, self.teacher_tok, **self.kwargs)
+        margins = batch.get("margin", np.full(len(examples), np.nan))
+        rows = [
+            encoding_to_row(enc, pair_id=int(pid), margin=None if np.isnan(m) else float(m))
+            for enc, pid, m in zip(encodings, batch["pair_id"], margins)
+        ]
+        return {key: _column([row[key] for row in rows]) for key in rows[0]}
+
+
+class TeacherStage:
+    """The frozen teacher as an actor: adds fp16 unit-level maps of the top-N blocks."""
+
+    def __init__(self, teacher_path: str, *, top_n: int, device: str | None = None, renormalize: bool = True) -> None:
+        from idrm_ray.core.teacher import TeacherAttention
+
+        self.teacher = TeacherAttention(teacher_path, top_n=top_n, device=device, renormalize=renormalize)
+        self.monitor = None
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        out = self.teacher(batch)
+        seconds = time.perf_counter() - t0
+        if self.monitor is None:
+            from idrm_ray.pipeline.monitor import TeacherMonitor
+
+            self.monitor = TeacherMonitor()
+        self.monitor.record(
+            pairs=len(out["teacher_maps"]), map_bytes=int(np.sum(out["teacher_map_bytes"])), seconds=seconds
+        )
+        return out
+
+
+def _column(values: list) -> Any:
+    """Scalars become a plain array; per-row arrays stay a list (ragged tensor column)."""
+    if isinstance(values[0], np.ndarray):
+        return values
+    return np.asarray(values)

@@ -1,0 +1,45 @@
+"""Per-step metric accumulation on a worker: sums between log points, means over pairs,
+throughput and the share of time spent waiting for teacher maps."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+
+class StepAccumulator:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.pairs = 0
+        self.steps = 0
+        self.wait_s = 0.0
+        self.busy_s = 0.0
+        self.t0 = time.perf_counter()
+
+    def add(self, metrics: dict, *, pairs: int, wait_s: float, busy_s: float) -> None:
+        for key, value in metrics.items():
+            self.sums[key] += float(value) * pairs
+        self.pairs += pairs
+        self.steps += 1
+        self.wait_s += wait_s
+        self.busy_s += busy_s
+
+    def flush(self, strategy, *, step: int, lr: float | None) -> dict:
+        """Means over all ranks' pairs since the last flush (a collective: every rank calls it)."""
+        pairs = strategy.all_reduce_sum(float(self.pairs))
+        row = {k: strategy.all_reduce_sum(v) / max(pairs, 1.0) for k, v in sorted(self.sums.items())}
+        wait = strategy.all_reduce_sum(self.wait_s)
+        busy = strategy.all_reduce_sum(self.busy_s)
+        elapsed = time.perf_counter() - self.t0
+        row.update(
+            step=step,
+            lr=lr,
+            pairs=int(pairs),
+            pairs_per_s=pairs / max(elapsed, 1e-9),
+            step_time_s=elapsed / max(self.steps, 1),
+            teacher_wait_fraction=wait / max(wait + busy, 1e-9),
+        )
+        self.reset()
+        return row

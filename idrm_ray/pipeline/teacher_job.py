@@ -1,0 +1,47 @@
+"""Driver of the NLI teacher fine-tune (`idrm-ray teacher`, and step 1 of the embedded default)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ray
+
+from idrm_ray.config.train import TrainJobConfig
+from idrm_ray.pipeline import cluster
+from idrm_ray.pipeline.assets import copy_tree, nli_examples
+from idrm_ray.pipeline.teacher_finetune import TeacherFinetuneSpec, nli_train_loop, spec_dict
+
+
+def _nli_dataset(examples) -> ray.data.Dataset:
+    rows = [{"premise": e.premise, "hypothesis": e.hypothesis, "label": int(e.label)} for e in examples]
+    return ray.data.from_items(rows, override_num_blocks=min(8, len(rows)))
+
+
+def finetune_teacher(cfg: TrainJobConfig, *, base_dir: str, out_dir: Path) -> tuple[str, dict]:
+    """Fine-tune `base_dir` into a 3-way NLI cross-encoder saved at `out_dir`."""
+    if (out_dir / "config.json").exists() and (out_dir / "nli_metrics.json").exists():
+        return str(out_dir), json.loads((out_dir / "nli_metrics.json").read_text())
+    ft = cfg.teacher.finetune
+    train, evals, report = nli_examples(cfg)
+    spec = TeacherFinetuneSpec(
+        base_dir=base_dir, epochs=ft.epochs, lr=ft.lr, micro_batch_size=ft.batch_size,
+        max_len=ft.max_len, weight_decay=ft.weight_decay, seed=ft.seed,
+    )
+    print(f"[idrm] fine-tuning the NLI teacher from {base_dir} on {len(train)} pairs ({len(evals)} held out)")
+    result = cluster.fit(
+        nli_train_loop,
+        loop_config={"spec": spec_dict(spec)},
+        datasets={"train": _nli_dataset(train), "eval": _nli_dataset(evals)},
+        cfg=cfg,
+        run_dir=out_dir.parent,
+        name=f"{out_dir.parent.name}-teacher",
+    )
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        copy_tree(d, out_dir)
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    metrics.update(nli_train_pairs=len(train), nli_unlabeled_dropped=report.nli_unlabeled_dropped)
+    (out_dir / "nli_metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"[idrm] teacher NLI accuracy {metrics.get('nli_accuracy', float('nan')):.3f} -> {out_dir}")
+    return str(out_dir), metrics

@@ -1,0 +1,214 @@
+"""The Ray Train worker loop (DESIGN.md §2): read top to bottom (STYLE.md §5).
+
+build -> prepare -> resume -> for each micro-batch: teacher maps from the stream,
+student forward with Q/K capture, L_BT + λ·L_ID, backward, step -> log, eval,
+checkpoint. Ray appears only through `ray.train` / `ray.get`; the math is in
+`idrm_ray.core`, the parallelism in `idrm_ray.train.strategy`.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+
+import ray
+import ray.train
+import torch
+
+from idrm_ray.core.objective import RewardForward, preference_loss
+from idrm_ray.core.reward_model import load_reward_model, save_reward_model
+from idrm_ray.pipeline import checkpointing as ckpt
+from idrm_ray.pipeline.ingest import stack_rows, synced_batches, to_student_batch, to_teacher_maps
+from idrm_ray.pipeline.monitor import StudentMonitor
+from idrm_ray.pipeline.spec import WorkerSpec
+from idrm_ray.pipeline.step_metrics import StepAccumulator
+from idrm_ray.train.strategy import make_strategy, pick_device
+
+
+def train_loop_per_worker(config: dict) -> None:
+    run = _WorkerRun(WorkerSpec.from_dict(config["spec"]), eval_rows=ray.get(config["eval_ref"]))
+    train_shard = ray.train.get_dataset_shard("train")
+    spec, progress = run.spec, run.progress
+    for epoch in range(progress.epoch, spec.epochs):
+        progress.epoch = epoch
+        stream = train_shard.iter_batches(
+            batch_size=spec.micro_batch_size, batch_format="numpy", prefetch_batches=spec.prefetch_batches
+        )
+        for micro, item in enumerate(synced_batches(stream, run.strategy.all_reduce_sum)):
+            if micro < progress.micro_in_epoch:
+                continue  # resumed mid-epoch: these pairs were trained on before the failure
+            if run.micro_step(micro, item) and progress.step >= spec.total_steps:
+                break  # every rank reaches this at the same step
+        if progress.step >= spec.total_steps:
+            break
+        progress.micro_in_epoch = 0
+    run.evaluate_and_checkpoint(final=True)
+    run.strategy.barrier()
+
+
+class _WorkerRun:
+    """State of one worker: model, strategy, progress, metric accumulators."""
+
+    def __init__(self, spec: WorkerSpec, *, eval_rows: list[dict]) -> None:
+        torch.manual_seed(spec.seed)
+        self.spec, self.eval_rows, self.device = spec, eval_rows, pick_device()
+        self.model = load_reward_model(spec.student_dir, dtype=torch.float32)
+        if spec.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.strategy = make_strategy(
+            spec.strategy, zero_stage=spec.zero_stage, precision=spec.precision,
+            micro_batch_size=spec.micro_batch_size, grad_accum_steps=spec.grad_accum_steps,
+            max_grad_norm=spec.max_grad_norm, offload_optimizer=spec.offload_optimizer,
+        )
+        optimizer, self.scheduler = _optimizer(self.model, spec)
+        self.engine = self.strategy.prepare(RewardForward(self.model).to(self.device), optimizer, self.scheduler)
+        self.progress = self._resume()
+        self.monitor = StudentMonitor(method=spec.method)
+        self.acc = StepAccumulator()
+
+    def micro_step(self, micro: int, item) -> bool:
+        """One forward/backward; returns True when it completed an optimizer step."""
+        spec, strategy, progress = self.spec, self.strategy, self.progress
+        t0 = time.perf_counter()
+        batch = to_student_batch(item.batch, pad_id=spec.pad_id, device=self.device, use_margin=spec.use_margin)
+        teacher = to_teacher_maps(item.batch, device=self.device) if spec.id_settings else None
+        local_pairs = batch.num_pairs if item.real else 0
+        global_pairs = strategy.all_reduce_sum(float(local_pairs))
+        # Data-parallel normaliser (STYLE.md §1): DDP/DeepSpeed average over ranks.
+        num_pairs = global_pairs / strategy.world_size
+        loss, metrics = preference_loss(
+            self.model, batch, teacher, settings=spec.id_settings, num_pairs=num_pairs, forward=self.engine
+        )
+        if not item.real:
+            loss = loss * 0.0  # filler for an exhausted rank: keeps collectives matched
+        if strategy.all_reduce_sum(float(torch.isfinite(loss).item())) < strategy.world_size:
+            self._skip_nonfinite(metrics)
+            return False
+        progress.nonfinite_streak = 0
+        strategy.backward(loss)
+        boundary = strategy.is_accumulation_boundary()  # ask before step() advances the counter
+        strategy.step()
+        progress.micro_in_epoch = micro + 1  # same on every rank (lock-step)
+        progress.pairs_seen += int(global_pairs)
+        if item.real:
+            self.acc.add(metrics, pairs=local_pairs, wait_s=item.wait_s, busy_s=time.perf_counter() - t0)
+        if boundary:
+            progress.step += 1
+            self._after_step()
+        return boundary
+
+    def _after_step(self) -> None:
+        spec, step = self.spec, self.progress.step
+        if step % max(spec.log_every, 1) == 0:
+            row = self.acc.flush(self.strategy, step=step, lr=self.scheduler.get_last_lr()[0])
+            self.progress.history.append(row)
+            self.monitor.record(row)
+        if step >= spec.total_steps:
+            return  # the final evaluation and checkpoint follow the loop
+        due_eval = spec.eval_every and step % spec.eval_every == 0
+        due_ckpt = spec.checkpoint_every and step % spec.checkpoint_every == 0
+        if due_eval or due_ckpt:
+            self.evaluate_and_checkpoint(final=False, save=bool(due_ckpt))
+
+    def evaluate_and_checkpoint(self, *, final: bool, save: bool = True) -> None:
+        progress = self.progress
+        if final and self.acc.steps:
+            progress.history.append(self.acc.flush(self.strategy, step=progress.step, lr=None))
+        metrics = self.evaluate()
+        evals = dict(metrics)
+        metrics.update(step=progress.step, epoch=progress.epoch, pairs_seen=progress.pairs_seen,
+                       nonfinite_skipped=progress.nonfinite_skipped)
+        if progress.history and progress.history[-1]["step"] == progress.step:
+            progress.history[-1].update(evals)
+        else:
+            progress.history.append({"step": progress.step, **evals})
+        if save or final:
+            self._save_checkpoint(metrics)
+        else:
+            ray.train.report(metrics)
+
+    def _save_checkpoint(self, metrics: dict) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            state = self.strategy.consolidated_state_dict()  # a collective: every rank calls it
+            if self.strategy.rank == 0:
+                save_reward_model(
+                    self.model, _tokenizer(self.spec.student_dir), ckpt.model_dir(tmp),
+                    state_dict=_strip_prefix(state), metadata={"method": self.spec.method, **metrics},
+                )
+                ckpt.write_progress(tmp, self.progress)
+            self.strategy.save_state(ckpt.state_dir(tmp))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def evaluate(self) -> dict:
+        """BT accuracy and loss on this rank's slice of the eval pairs (student inputs only).
+
+        The eval set is encoded once by the driver and shared through the object store: a
+        second Ray Data stream beside the paused training stream would compete for the
+        same CPU budget on small machines (Ray Data rejects the negative budget)."""
+        micro, strategy = self.spec.micro_batch_size, self.strategy
+        mine = self.eval_rows[strategy.rank :: strategy.world_size]
+        batches = (stack_rows(mine[i : i + micro]) for i in range(0, len(mine), micro))
+        sums = torch.zeros(3, dtype=torch.float64)  # correct, loss, pairs
+        self.engine.eval()
+        with torch.no_grad():
+            for item in synced_batches(batches, strategy.all_reduce_sum, filler=stack_rows(self.eval_rows[:1])):
+                batch = to_student_batch(item.batch, pad_id=self.spec.pad_id, device=self.device)
+                r_w, r_l = self.engine(batch.input_ids, batch.attention_mask).float().split(batch.num_pairs)
+                if item.real:
+                    sums += torch.tensor([(r_w > r_l).sum().item(), -torch.nn.functional.logsigmoid(r_w - r_l).sum().item(), batch.num_pairs])
+        self.engine.train()
+        correct, loss, pairs = (strategy.all_reduce_sum(float(v)) for v in sums)
+        return {"eval_accuracy": correct / max(pairs, 1.0), "eval_loss": loss / max(pairs, 1.0), "eval_pairs": int(pairs)}
+
+    def _resume(self) -> ckpt.Progress:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return ckpt.Progress()
+        with checkpoint.as_directory() as d:
+            progress = ckpt.read_progress(d)
+            self.strategy.load_state(ckpt.state_dir(d))
+        print(f"[idrm] resumed at step {progress.step} (epoch {progress.epoch}, {progress.pairs_seen} pairs seen)")
+        return progress
+
+    def _skip_nonfinite(self, metrics: dict) -> None:
+        """Skip a step whose loss is NaN/inf on any rank (weights untouched); stop after K in a row."""
+        progress = self.progress
+        self.strategy.zero_grad()
+        progress.nonfinite_skipped += 1
+        progress.nonfinite_streak += 1
+        bad = [k for k, v in metrics.items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
+        if progress.nonfinite_streak >= self.spec.max_nonfinite_steps:
+            raise FloatingPointError(
+                f"{progress.nonfinite_streak} consecutive non-finite losses at step {progress.step} "
+                f"(non-finite components: {', '.join(bad) or 'loss'}); lower the learning rate or check the data"
+            )
+
+
+def _optimizer(model: torch.nn.Module, spec: WorkerSpec):
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    scheduler = get_scheduler(
+        "constant_with_warmup" if spec.schedule == "constant" else spec.schedule,
+        optimizer,
+        num_warmup_steps=spec.warmup_steps,
+        num_training_steps=max(spec.total_steps, 1),
+    )
+    return optimizer, scheduler
+
+
+def _strip_prefix(state: dict | None) -> dict | None:
+    """The engine wraps the HF model as RewardForward.model: drop that prefix for saving."""
+    if state is None:
+        return None
+    return {k.removeprefix("model."): v for k, v in state.items()}
+
+
+_TOKENIZERS: dict = {}
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    if path not in _TOKENIZERS:
+        _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
+    return _TOKENIZERS[path]

@@ -1,0 +1,443 @@
+"""Distributed training strategy: the one module that touches DeepSpeed (STYLE.md item 4).
+
+Two implementations behind one small interface, picked by `make_strategy`:
+- `TorchStrategy`: plain torch (DistributedDataParallel when world_size > 1, nothing when 1);
+  serves CPU runs and is the reference the DeepSpeed path is tested against.
+- `DeepSpeedStrategy`: a DeepSpeed ZeRO engine built from `build_ds_config` with the torch
+  optimizer and scheduler we pass (declaring one in the config would JIT-compile fused_adam).
+
+Both reuse a process group that already exists (Ray Train's TorchTrainer creates one) and
+both follow DeepSpeed's accumulation contract: call `backward(loss)` then `step()` on every
+micro-batch; the loss is divided by `grad_accum_steps`, and clipping, the optimizer and
+scheduler steps and zeroing happen only at the accumulation boundary.
+
+`deepspeed` is imported lazily, so the torch path works where DeepSpeed is not installed.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+_CLIENT_KEY = "idrm_client_state"  # our extra state inside a DeepSpeed checkpoint
+_TAG = "state"  # one fixed tag: a state directory holds exactly one training state
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def pick_device(rank_on_node: int | None = None) -> torch.device:
+    """cuda:<local rank> when CUDA is available, else cpu."""
+    if torch.cuda.is_available():
+        index = local_rank() if rank_on_node is None else rank_on_node
+        return torch.device("cuda", index % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def default_precision(device: torch.device | str) -> str:
+    """bf16 on GPU, fp32 on CPU (bf16 on CPU is slow and lossy for the tiny test models)."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    _check_precision(precision)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def _dist_ready() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- DS config
+
+
+def build_ds_config(
+    *,
+    zero_stage: int,
+    precision: str,
+    micro_batch_size: int,
+    grad_accum_steps: int,
+    world_size: int,
+    max_grad_norm: float | None,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+) -> dict:
+    """A DeepSpeed config with no optimizer or scheduler section (torch ones are passed in).
+
+    `micro_batch_size` is per rank; DeepSpeed checks train_batch_size = micro * accum * world.
+    `max_grad_norm` None or <= 0 disables clipping (the norm is still computed)."""
+    _check_precision(precision)
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0..3, got {zero_stage}")
+    if offload_params and zero_stage != 3:
+        raise ValueError("offload_params needs ZeRO stage 3")
+    if offload_optimizer and zero_stage == 0:
+        raise ValueError("offload_optimizer needs ZeRO stage >= 1")
+    pin = torch.cuda.is_available()  # pinning host memory needs CUDA
+    zero: dict[str, Any] = {"stage": zero_stage}
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
+    if zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps,
+        "train_batch_size": micro_batch_size * grad_accum_steps * world_size,
+        "gradient_clipping": float(max_grad_norm) if max_grad_norm and max_grad_norm > 0 else 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if precision == "bf16":
+        # Accumulate bf16 gradients in fp32 (as OpenRLHF does).
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    if offload_optimizer:
+        # A torch optimizer with offload works, only slower than DeepSpeedCPUAdam (whose JIT
+        # build takes about 60 s); DeepSpeed refuses it unless told.
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+class Strategy:
+    """Shared part: rank/world size from the existing process group, all-reduce."""
+
+    kind = "base"
+
+    def __init__(self, *, grad_accum_steps: int = 1, max_grad_norm: float | None = 1.0, precision: str = "fp32"):
+        _check_precision(precision)
+        if grad_accum_steps < 1:
+            raise ValueError("grad_accum_steps must be >= 1")
+        self.grad_accum_steps = grad_accum_steps
+        self.max_grad_norm = max_grad_norm
+        self.precision = precision
+        self.model: nn.Module | None = None
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if _dist_ready() else 0
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size() if _dist_ready() else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if _dist_ready():
+            dist.barrier()
+
+    def all_reduce_mean(self, value: torch.Tensor | float) -> torch.Tensor | float:
+        """Mean over ranks; a float comes back as a float, a tensor as a tensor on its device."""
+        if self.world_size == 1:
+            return value
+        comm_device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        if isinstance(value, torch.Tensor):
+            t = value.detach().to(comm_device, copy=True)
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            return (t / self.world_size).to(value.device)
+        t = torch.tensor(float(value), dtype=torch.float64, device=comm_device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.item() / self.world_size
+
+    def all_reduce_sum(self, value: float) -> float:
+        """Sum of a float over ranks (fp64, so pair counts stay exact)."""
+        if self.world_size == 1:
+            return float(value)
+        comm_device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor(float(value), dtype=torch.float64, device=comm_device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.item()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Context for the forward pass (only the torch path with bf16 needs one)."""
+        return contextlib.nullcontext()
+
+    def unwrap(self) -> nn.Module:
+        """The underlying HF model (under ZeRO-3 its parameters are partitioned)."""
+        # DeepSpeed's engine and DDP both keep the wrapped model as `.module`.
+        return getattr(self.model, "module", self.model)
+
+
+class TorchStrategy(Strategy):
+    """Plain torch; DDP over the existing group when world_size > 1.
+
+    DDP all-reduces on every micro-step (no `no_sync`): averaging is linear, so the result
+    equals syncing once per boundary, and the caller's forward needs no special context."""
+
+    kind = "torch"
+
+    def __init__(self, *, device: torch.device | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if self.precision == "fp16":
+            raise ValueError("the torch strategy supports fp32 and bf16 (autocast); use DeepSpeed for fp16")
+        self.device = device or pick_device()
+        self.optimizer = self.scheduler = None
+        self.micro_steps = 0
+        self.global_steps = 0
+        self._grad_norm: float | None = None
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None) -> nn.Module:
+        model.to(self.device)
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        return model
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.grad_accum_steps).backward()
+
+    def is_accumulation_boundary(self) -> bool:
+        return (self.micro_steps + 1) % self.grad_accum_steps == 0
+
+    def step(self) -> None:
+        # Same order and formula as DeepSpeed: norm of all grads, clip, step, zero.
+        if self.is_accumulation_boundary():
+            max_norm = self.max_grad_norm if self.max_grad_norm and self.max_grad_norm > 0 else math.inf
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            self._grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.global_steps += 1
+        self.micro_steps += 1
+
+    def zero_grad(self) -> None:
+        """Drop pending gradients (step() already does it after each optimizer step)."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def grad_norm(self) -> float | None:
+        """Pre-clip global gradient norm of the last optimizer step."""
+        return self._grad_norm
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full state dict (CPU copies) on rank 0, None elsewhere. Call on every rank."""
+        if not self.is_main:
+            return None
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.unwrap().state_dict().items()}
+
+    def save_state(self, directory: str | os.PathLike, client_state: dict | None = None) -> None:
+        """Model, optimizer, scheduler and counters to `directory/state.pt` (rank 0 writes)."""
+        if self.is_main:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            state = {
+                "model": self.unwrap().state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "micro_steps": self.micro_steps,
+                "global_steps": self.global_steps,
+                _CLIENT_KEY: client_state or {},
+            }
+            torch.save(state, Path(directory) / f"{_TAG}.pt")
+        self.barrier()
+
+    def load_state(self, directory: str | os.PathLike) -> dict:
+        """Restore what save_state wrote (after prepare); returns the client state."""
+        # weights_only: client_state must hold plain Python values and tensors.
+        state = torch.load(Path(directory) / f"{_TAG}.pt", map_location=self.device, weights_only=True)
+        self.unwrap().load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.micro_steps, self.global_steps = state["micro_steps"], state["global_steps"]
+        return state[_CLIENT_KEY]
+
+
+class DeepSpeedStrategy(Strategy):
+    """A DeepSpeed engine; gradient accumulation, clipping and zeroing are the engine's."""
+
+    kind = "deepspeed"
+
+    def __init__(
+        self,
+        *,
+        zero_stage: int = 3,
+        micro_batch_size: int,
+        offload_optimizer: bool = False,
+        offload_params: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _ensure_deepspeed_distributed()
+        self.zero_stage = zero_stage
+        self.config = build_ds_config(
+            zero_stage=zero_stage,
+            precision=self.precision,
+            micro_batch_size=micro_batch_size,
+            grad_accum_steps=self.grad_accum_steps,
+            world_size=self.world_size,
+            max_grad_norm=self.max_grad_norm,
+            offload_optimizer=offload_optimizer,
+            offload_params=offload_params,
+        )
+        from deepspeed.accelerator import get_accelerator
+
+        self.device = torch.device(get_accelerator().current_device_name())
+        self.engine = None
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None) -> nn.Module:
+        import deepspeed
+
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config
+        )
+        self.engine = self.model = engine
+        self.device = engine.device
+        return engine
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)  # divides by grad_accum_steps itself
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def is_accumulation_boundary(self) -> bool:
+        return self.engine.is_gradient_accumulation_boundary()
+
+    def zero_grad(self) -> None:
+        """Drop pending gradients; call at a boundary only (engine.step() already zeroes)."""
+        self.engine.zero_grad()
+
+    def grad_norm(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    @property
+    def global_steps(self) -> int:
+        return self.engine.global_steps
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full state dict on rank 0 (None elsewhere); the weights in the module's dtype (fp32
+        when training fp32, 16-bit otherwise). Collective: call on every rank."""
+        if self.zero_stage == 3:
+            return _gather_zero3_state_dict(self.engine.module, is_main=self.is_main)
+        if not self.is_main:
+            return None
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.engine.module.state_dict().items()}
+
+    def save_state(self, directory: str | os.PathLike, client_state: dict | None = None) -> None:
+        """Full resumable state (DeepSpeed's sharded checkpoint). Collective."""
+        self.engine.save_checkpoint(str(directory), tag=_TAG, client_state={_CLIENT_KEY: client_state or {}})
+        self.barrier()
+
+    def load_state(self, directory: str | os.PathLike) -> dict:
+        """Restore what save_state wrote (after prepare); returns the client state. Collective."""
+        path, client = self.engine.load_checkpoint(
+            str(directory), tag=_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
+        return (client or {}).get(_CLIENT_KEY, {})
+
+
+def _ensure_deepspeed_distributed() -> None:
+    """Reuse the existing process group (Ray Train's); only create one when there is none
+    (a single process without a launcher gets a 1-rank group on a free local port)."""
+    import deepspeed
+
+    if not _dist_ready():
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    else:
+        # Registers DeepSpeed's comm wrapper around the existing group; creates nothing.
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
+
+
+def _gather_zero3_state_dict(module: nn.Module, *, is_main: bool) -> dict[str, torch.Tensor] | None:
+    """Gather ZeRO-3 partitions one module at a time (bounded memory) into CPU copies on
+    rank 0, in nn.Module.state_dict order, keeping tied parameters tied."""
+    import deepspeed
+
+    state: dict[str, torch.Tensor] = {}
+    seen: dict[int, str] = {}
+
+    def visit(mod: nn.Module, prefix: str) -> None:
+        params = list(mod.parameters(recurse=False))
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            if is_main:
+                for name, p in mod.named_parameters(recurse=False):
+                    pid = getattr(p, "ds_id", id(p))
+                    if pid in seen:
+                        state[prefix + name] = state[seen[pid]]
+                    else:
+                        state[prefix + name] = p.detach().to("cpu", copy=True)
+                        seen[pid] = prefix + name
+                for name, b in mod.named_buffers(recurse=False):
+                    if name not in mod._non_persistent_buffers_set:
+                        state[prefix + name] = b.detach().to("cpu", copy=True)
+        for name, child in mod.named_children():
+            visit(child, prefix + name + ".")
+
+    visit(module, "")
+    return state if is_main else None
+
+
+def make_strategy(
+    kind: str = "deepspeed",
+    *,
+    zero_stage: int = 3,
+    precision: str | None = None,
+    micro_batch_size: int = 1,
+    grad_accum_steps: int = 1,
+    max_grad_norm: float | None = 1.0,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+    device: torch.device | None = None,
+) -> Strategy:
+    """`kind`: "deepspeed" or "torch". `precision` None picks bf16 on GPU, fp32 on CPU.
+    `micro_batch_size` is per rank (DeepSpeed's batch-size check); `device` is for the torch
+    path (DeepSpeed uses its accelerator's current device)."""
+    precision = precision or default_precision(device or pick_device())
+    common = dict(grad_accum_steps=grad_accum_steps, max_grad_norm=max_grad_norm, precision=precision)
+    if kind == "torch":
+        return TorchStrategy(device=device, **common)
+    if kind == "deepspeed":
+        return DeepSpeedStrategy(
+            zero_stage=zero_stage,
+            micro_batch_size=micro_batch_size,
+            offload_optimizer=offload_optimizer,
+            offload_params=offload_params,
+            **common,
+        )
+    raise ValueError(f"unknown strategy kind {kind!r}; use 'deepspeed' or 'torch'")
