@@ -109,7 +109,8 @@ def convert_hh(row: Mapping[str, Any]) -> PreferenceExample:
 def last_assistant(messages: Any, name: str) -> str:
     """Content of the last {"role": "assistant"} message of a message list."""
     if not isinstance(messages, list):
-        raise RowProblem("wrong_type", f"field '{name}' must be a list of messages in ultrafeedback format, got {type(messages).__name__}")
+        got = type(messages).__name__
+        raise RowProblem("wrong_type", f"field '{name}' must be a list of messages in ultrafeedback format, got {got}")
     for i, msg in enumerate(messages):
         if not isinstance(msg, Mapping) or not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
             raise RowProblem("wrong_type", f"'{name}' message {i} must be an object with string 'role' and 'content'")

@@ -9,9 +9,9 @@ with what is already in DIR instead of writing. The committed files under
 `idrm_ray/data/bundled/` are `generate_bundled()` with the defaults.
 
 Preference pairs are HH-style prompts ("\\n\\nHuman: ... \\n\\nAssistant:") whose first turn
-states 1-4 facts "<subject> <verb> <object>" (distinct subjects and objects, optional
-modifier such as "in the café"); a question follows, in the same turn or 1-2 turns
-later (multi-turn, about a quarter). Judging needs the early context and a token-level
+states 1-4 facts (weights 4:3:2:1) "<subject> <verb> <object>" (distinct subjects and
+objects, optional modifier such as "in the café"); a question follows, in the same turn
+or 1-2 turns later (multi-turn, about a quarter). Judging needs the early context and a token-level
 comparison of the two responses, which mostly share one template:
 
 - `what` (40%): "What does the cat like?" chosen names the context's object; rejected
@@ -282,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare with the files in --out instead of writing")
     args = parser.parse_args(argv)
     if args.check:
+        paths = {n: Path(args.out) / f"{n}.jsonl" for n in DEFAULT_SIZES}
         stale = [n for n, rows in generate_rows(seed=args.seed).items()
-                 if not (Path(args.out) / f"{n}.jsonl").exists() or (Path(args.out) / f"{n}.jsonl").read_bytes() != to_jsonl(rows)]
+                 if not paths[n].exists() or paths[n].read_bytes() != to_jsonl(rows)]
         print("up to date" if not stale else f"stale: {', '.join(stale)}")
         return 1 if stale else 0
     for name, path in generate_bundled(args.out, seed=args.seed).items():

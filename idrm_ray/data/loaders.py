@@ -59,10 +59,8 @@ def _check_schema(data_file, spec: FormatSpec) -> None:
     columns = data_file.columns()
     problems = schema_problems(columns, spec) if columns is not None else []
     if problems:
-        have = ", ".join(columns)
-        raise DataError(
-            data_file.name, f"schema does not match format '{spec.name}': {'; '.join(problems)} (columns: {have})", reason="wrong_schema"
-        )
+        problem = f"schema does not match format '{spec.name}': {'; '.join(problems)} (columns: {', '.join(columns)})"
+        raise DataError(data_file.name, problem, reason="wrong_schema")
 
 
 def _load(source: Source, format: str, *, split, skip_bad_rows, max_rows, hub_kwargs) -> tuple[list, LoadReport]:
@@ -115,7 +113,8 @@ def _no_rows_problem(report: LoadReport) -> str:
     parts = [f"no valid rows: read {report.rows_read}"]
     if report.skipped:
         first = report.skipped[0]
-        parts.append(f"skipped {report.rows_skipped} {report.skipped_by_reason}, first: {first.file}, {first.row_kind} {first.row}: {first.problem}")
+        where = f"{first.file}, {first.row_kind} {first.row}"
+        parts.append(f"skipped {report.rows_skipped} {report.skipped_by_reason}, first: {where}: {first.problem}")
     if report.nli_unlabeled_dropped:
         parts.append(f"{report.nli_unlabeled_dropped} unlabeled (-1) dropped")
     return "; ".join(parts)

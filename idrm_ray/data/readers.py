@@ -59,7 +59,9 @@ class JsonlFile:
         elif lineno == 1 and raw.startswith(_WIDE_BOMS):
             raise DataError(self.name, "file starts with a UTF-16/UTF-32 byte-order mark; re-encode it as UTF-8", reason="bom")
         elif raw.startswith(_UTF8_BOM):
-            return RowProblem("bom", "UTF-8 byte-order mark (BOM) at the start of this line; a BOM is only accepted at the start of the file")
+            return RowProblem(
+                "bom", "UTF-8 byte-order mark (BOM) at the start of this line; a BOM is only accepted at the start of the file"
+            )
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -163,9 +165,8 @@ def _open_file(path: Path) -> DataFile:
     if name.endswith(".parquet"):
         return ParquetData(path)
     if name.endswith(_COMPRESSED):
-        raise DataError(
-            str(path), f"compressed input '{path.suffix}' is not supported; use .jsonl, .jsonl.gz or .parquet", reason="unsupported_file"
-        )
+        problem = f"compressed input '{path.suffix}' is not supported; use .jsonl, .jsonl.gz or .parquet"
+        raise DataError(str(path), problem, reason="unsupported_file")
     hint = " (JSON Lines files must be named .jsonl)" if name.endswith(".json") else ""
     raise DataError(str(path), f"unsupported file type; expected .jsonl, .jsonl.gz or .parquet{hint}", reason="unsupported_file")
 

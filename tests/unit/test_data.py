@@ -73,7 +73,8 @@ def test_hh_splits_multi_turn_at_last_assistant(tmp_path, writer):
 
 
 def test_ultrafeedback_takes_last_assistant_message_and_score_margin(tmp_path, writer):
-    rows = [dict(UF[0], chosen=UF[0]["chosen"] + [{"role": "user", "content": "more?"}, {"role": "assistant", "content": "Yes, the ball."}])]
+    more = [{"role": "user", "content": "more?"}, {"role": "assistant", "content": "Yes, the ball."}]
+    rows = [dict(UF[0], chosen=UF[0]["chosen"] + more)]
     (pair,), report = load_preferences(writer(tmp_path / "uf", rows), format="ultrafeedback")
     assert pair == PreferenceExample("What does the cat like?", "Yes, the ball.", "A book.", 2.5)
 
@@ -166,7 +167,8 @@ BAD_JSONL = {  # case -> (lines as bytes, format, expected row label, problem fr
     "chosen == rejected": ([G, dict(G, rejected=" a ")], "generic", "line 2", "chosen and rejected responses are identical"),
     "not an object": ([G, ["a", "b"]], "generic", "line 2", "expected a JSON object per line, got list"),
     "bad margin": ([dict(G, margin="big")], "generic", "line 1", "field 'margin' must be a finite number"),
-    "hh no assistant": ([{"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: yo"}], "hh", "line 1", "has no '\\n\\nAssistant:' turn"),
+    "hh no assistant": ([{"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: yo"}], "hh", "line 1",
+                        "has no '\\n\\nAssistant:' turn"),
     "hh prefix mismatch": ([{"chosen": HH_CHOSEN, "rejected": HH_REJECTED.replace("Hi", "Yo")}], "hh", "line 1",
                            "do not share the prompt"),
     "hh empty response": ([{"chosen": HH_CHOSEN, "rejected": HH_CHOSEN.rsplit(" ", 2)[0] + " "}], "hh", "line 1",
