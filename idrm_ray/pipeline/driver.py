@@ -53,7 +53,7 @@ def load_data(cfg: TrainJobConfig, run_dir: Path):
     return train, evals, counts
 
 
-def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad_id: int) -> WorkerSpec:
+def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad_id: int, run_dir: Path) -> WorkerSpec:
     o = cfg.optim
     ids = IDSettings(**dump_config(cfg.method.id)) if method == "id" else None
     return WorkerSpec(
@@ -67,6 +67,8 @@ def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad
         gradient_checkpointing=cfg.student.gradient_checkpointing,
         eval_every=plan.eval_every, checkpoint_every=plan.checkpoint_every, log_every=cfg.run.log_every,
         max_nonfinite_steps=cfg.run.max_nonfinite_steps,
+        run_name=run_dir.name, wandb_project=cfg.logging.wandb_project, wandb_mode=cfg.logging.wandb_mode,
+        wandb_dir=str(run_dir),
     )
 
 
@@ -107,7 +109,7 @@ def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    spec = worker_spec(cfg, plan, method=method, student_dir=student_dir, pad_id=tokenizer.pad_token_id)
+    spec = worker_spec(cfg, plan, method=method, student_dir=student_dir, pad_id=tokenizer.pad_token_id, run_dir=run_dir)
     placement = cluster.stage_placement(cfg)
     t = cfg.student.template
     encode_kwargs = dict(

@@ -41,6 +41,11 @@ class WorkerSpec:
     log_every: int = 1
     max_nonfinite_steps: int = 5
     prefetch_batches: int = 2
+    # logging (rank 0): W&B offline unless a project is configured
+    run_name: str = ""
+    wandb_project: str = ""
+    wandb_mode: str = "offline"
+    wandb_dir: str = ""
     tags: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

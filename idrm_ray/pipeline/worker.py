@@ -18,7 +18,7 @@ from idrm_ray.core.objective import RewardForward, preference_loss
 from idrm_ray.core.reward_model import load_reward_model, save_reward_model
 from idrm_ray.pipeline import checkpointing as ckpt
 from idrm_ray.pipeline.ingest import stack_rows, synced_batches, to_student_batch, to_teacher_maps
-from idrm_ray.pipeline.monitor import StudentMonitor
+from idrm_ray.pipeline.monitor import StudentMonitor, WandbLogger
 from idrm_ray.pipeline.spec import WorkerSpec
 from idrm_ray.pipeline.step_metrics import StepAccumulator
 from idrm_ray.train.strategy import make_strategy, pick_device
@@ -63,6 +63,7 @@ class _WorkerRun:
         self.engine = self.strategy.prepare(RewardForward(self.model).to(self.device), optimizer, self.scheduler)
         self.progress = self._resume()
         self.monitor = StudentMonitor(method=spec.method)
+        self.wandb = _wandb(spec) if self.strategy.rank == 0 else None
         self.acc = StepAccumulator()
 
     def micro_step(self, micro: int, item) -> bool:
@@ -102,6 +103,10 @@ class _WorkerRun:
             row = self.acc.flush(self.strategy, step=step, lr=self.scheduler.get_last_lr()[0])
             self.progress.history.append(row)
             self.monitor.record(row)
+            if self.wandb:
+                self.wandb.log(row, step=step)
+            if self.strategy.rank == 0:
+                print(_progress_line(spec.method, step, spec.total_steps, row), flush=True)
         if step >= spec.total_steps:
             return  # the final evaluation and checkpoint follow the loop
         due_eval = spec.eval_every and step % spec.eval_every == 0
@@ -121,6 +126,10 @@ class _WorkerRun:
             progress.history[-1].update(evals)
         else:
             progress.history.append({"step": progress.step, **evals})
+        if self.wandb:
+            self.wandb.log(evals, step=progress.step)
+            if final:
+                self.wandb.finish()
         if save or final:
             self._save_checkpoint(metrics)
         else:
@@ -181,6 +190,24 @@ class _WorkerRun:
                 f"{progress.nonfinite_streak} consecutive non-finite losses at step {progress.step} "
                 f"(non-finite components: {', '.join(bad) or 'loss'}); lower the learning rate or check the data"
             )
+
+
+def _progress_line(method: str, step: int, total: int, row: dict) -> str:
+    parts = [f"[idrm {method}] step {step}/{total}", f"loss {row.get('loss', float('nan')):.4f}"]
+    if "l_id" in row:
+        parts.append(f"l_id {row['l_id']:.4f}")
+    parts += [f"acc {row.get('accuracy', float('nan')):.2f}", f"{row['pairs_per_s']:.1f} pairs/s",
+              f"wait {row['teacher_wait_fraction']:.0%}"]
+    return " | ".join(parts)
+
+
+def _wandb(spec: WorkerSpec) -> WandbLogger | None:
+    if spec.wandb_mode == "disabled":
+        return None
+    return WandbLogger(
+        project=spec.wandb_project, mode=spec.wandb_mode, name=f"{spec.run_name}-{spec.method}",
+        config=spec.to_dict(), directory=spec.wandb_dir or ".",
+    )
 
 
 def _optimizer(model: torch.nn.Module, spec: WorkerSpec):
