@@ -72,7 +72,15 @@ def to_student_batch(
 
 
 def to_teacher_maps(batch: dict[str, Any], *, device: torch.device) -> BlockMaps:
-    """Pad the per-pair fp16 unit-level maps into a batch BlockMaps (kept fp16 until the loss)."""
+    """Pad the per-pair fp16 unit-level maps into a batch BlockMaps (fp32 on the worker)."""
     n_w = [int(len(v)) for v in batch["unit_valid_w"]]
     maps = block_maps_from_rows(list(batch["teacher_maps"]), n_w, list(batch["unit_valid_w"]), list(batch["unit_valid_l"]))
     return maps.to(device)
+
+
+def map_bytes_stats(batch: dict[str, Any], *, num_blocks: int) -> dict[str, float]:
+    """Mean bytes per pair of the fp16 unit-level maps that travelled, and of the
+    head-averaged token-level fp32 maps they replace (N x n_t x n_t x 4 bytes)."""
+    shipped = [float(b) for b in batch["teacher_map_bytes"]]
+    token_fp32 = [num_blocks * len(ids) ** 2 * 4.0 for ids in batch["teacher_ids"]]
+    return {"teacher_map_bytes": sum(shipped) / len(shipped), "token_fp32_map_bytes": sum(token_fp32) / len(token_fp32)}

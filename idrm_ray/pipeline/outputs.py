@@ -45,6 +45,9 @@ def collect_method(out: Path, result, *, method: str, wall_s: float) -> dict:
         "wall_time_s": wall_s,
         "checkpoint": str(out / "checkpoint"),
     }
+    for key in ("teacher_map_bytes", "token_fp32_map_bytes"):
+        if train_rows and key in train_rows[0]:
+            row[f"{key}_per_pair"] = _mean(r[key] for r in train_rows)
     for key in ("l_id", "l_intra", "l_inter"):
         if train_rows and key in train_rows[0]:
             row[f"first_{key}"], row[f"final_{key}"] = train_rows[0][key], train_rows[-1][key]
