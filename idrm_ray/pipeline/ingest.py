@@ -17,7 +17,7 @@ import torch
 from idrm_ray.core.teacher import block_maps_from_rows
 from idrm_ray.core.types import BlockMaps, PreferenceBatch
 from idrm_ray.core.units import collate_pairs
-from idrm_ray.pipeline.records import batch_margins, batch_size, row_to_encoding
+from idrm_ray.pipeline.records import STAT_PREFIX, batch_margins, batch_size, row_to_encoding
 
 
 @dataclass
@@ -84,3 +84,16 @@ def map_bytes_stats(batch: dict[str, Any], *, num_blocks: int) -> dict[str, floa
     shipped = [float(b) for b in batch["teacher_map_bytes"]]
     token_fp32 = [num_blocks * len(ids) ** 2 * 4.0 for ids in batch["teacher_ids"]]
     return {"teacher_map_bytes": sum(shipped) / len(shipped), "token_fp32_map_bytes": sum(token_fp32) / len(token_fp32)}
+
+
+def truncation_stats(batch: dict[str, Any]) -> dict[str, float]:
+    """Per-pair truncation indicators (the accumulator turns them into fractions): long
+    rows are cut by the documented rule (METHOD.md §6), never dropped, and counted."""
+    def frac(name: str) -> float:
+        values = [float(v > 0) for v in batch[STAT_PREFIX + name]]
+        return sum(values) / len(values)
+
+    return {
+        "frac_pairs_student_truncated": frac("pairs_student_truncated"),
+        "frac_pairs_teacher_truncated": frac("pairs_teacher_truncated"),
+    }

@@ -17,7 +17,14 @@ import torch
 from idrm_ray.core.objective import RewardForward, preference_loss
 from idrm_ray.core.reward_model import load_reward_model, save_reward_model
 from idrm_ray.pipeline import checkpointing as ckpt
-from idrm_ray.pipeline.ingest import map_bytes_stats, stack_rows, synced_batches, to_student_batch, to_teacher_maps
+from idrm_ray.pipeline.ingest import (
+    map_bytes_stats,
+    stack_rows,
+    synced_batches,
+    to_student_batch,
+    to_teacher_maps,
+    truncation_stats,
+)
 from idrm_ray.pipeline.monitor import StudentMonitor, WandbLogger
 from idrm_ray.pipeline.spec import WorkerSpec
 from idrm_ray.pipeline.step_metrics import StepAccumulator
@@ -79,6 +86,7 @@ class _WorkerRun:
         loss, metrics = preference_loss(
             self.model, batch, teacher, settings=spec.id_settings, num_pairs=num_pairs, forward=self.engine
         )
+        metrics.update(truncation_stats(item.batch))
         if teacher is not None:
             metrics.update(map_bytes_stats(item.batch, num_blocks=spec.id_settings.top_n))
         if not item.real:
