@@ -122,6 +122,7 @@ class TeacherConfig:
     dtype: Dtype = param("auto", "Teacher weights/maps dtype; auto: fp16 on GPU, fp32 on CPU.")
     batch_size: int = param(16, "Pairs per call of the teacher stage (Ray Data map_batches batch_size).")
     cache_dir: str = param("", "Cache the teacher maps here, reused by runs that only change λ or N (empty: off).")
+    cache_blocks: int = param(0, "Blocks kept in the map cache (N_max; 0: method.id.top_n). Runs with N <= N_max reuse it.")
     finetune: TeacherFinetuneConfig = section(TeacherFinetuneConfig)
 
     @property

@@ -18,7 +18,7 @@ from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.core.objective import IDSettings
 from idrm_ray.data import bundled_path, load_preferences
-from idrm_ray.pipeline import cluster, outputs
+from idrm_ray.pipeline import cluster, map_cache, outputs
 from idrm_ray.pipeline.assets import prepare_student, prepare_teacher
 from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset, teacher_stream
 from idrm_ray.pipeline.spec import WorkerSpec
@@ -119,9 +119,8 @@ def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_
     )
     train_ds = encoded_stream(examples_dataset(train), encode_kwargs=encode_kwargs, placement=placement)
     if method == "id":
-        teacher_kwargs = dict(teacher_path=teacher_dir, top_n=cfg.method.id.top_n,
-                              renormalize=cfg.method.id.mode == "separate")
-        train_ds = teacher_stream(train_ds, teacher_kwargs=teacher_kwargs, placement=placement)
+        train_ds = teacher_maps_stream(cfg, train_ds, train=train, teacher_dir=teacher_dir, student_dir=student_dir,
+                                       encode_kwargs=encode_kwargs, placement=placement)
     eval_ref = ray.put(encode_eval(evals, encode_kwargs))
     t0 = time.perf_counter()
     result = cluster.fit(
@@ -131,6 +130,23 @@ def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_
     if result.error is not None:
         raise result.error
     return outputs.collect_method(run_dir / method, result, method=method, wall_s=time.perf_counter() - t0)
+
+
+def teacher_maps_stream(cfg, encoded, *, train, teacher_dir, student_dir, encode_kwargs, placement):
+    """The teacher stage over the encoded stream, or the map cache when configured."""
+    renormalize = cfg.method.id.mode == "separate"
+    top_n = cfg.method.id.top_n
+    if not cfg.teacher.cache_dir:
+        kwargs = dict(teacher_path=teacher_dir, top_n=top_n, renormalize=renormalize)
+        return teacher_stream(encoded, teacher_kwargs=kwargs, placement=placement)
+    n_max = max(cfg.teacher.cache_blocks, top_n)
+    key = map_cache.cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train,
+                              encode_kwargs=encode_kwargs, num_blocks=n_max, renormalize=renormalize)
+    kwargs = dict(teacher_path=teacher_dir, top_n=n_max, renormalize=renormalize)
+    return map_cache.read_or_build(
+        lambda: teacher_stream(encoded, teacher_kwargs=kwargs, placement=placement),
+        root=cfg.teacher.cache_dir, key=key, num_blocks=n_max, needed=top_n,
+    )
 
 
 def encode_eval(evals, encode_kwargs: dict) -> list[dict]:

@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from idrm_ray.core.teacher import block_maps_from_rows
 from idrm_ray.core.types import BlockMaps, PreferenceBatch
+from idrm_ray.pipeline.map_cache import BLOCK_PREFIX
 from idrm_ray.core.units import collate_pairs
 from idrm_ray.pipeline.records import STAT_PREFIX, batch_margins, batch_size, row_to_encoding
 
@@ -74,14 +76,23 @@ def to_student_batch(
 def to_teacher_maps(batch: dict[str, Any], *, device: torch.device) -> BlockMaps:
     """Pad the per-pair fp16 unit-level maps into a batch BlockMaps (fp32 on the worker)."""
     n_w = [int(len(v)) for v in batch["unit_valid_w"]]
-    maps = block_maps_from_rows(list(batch["teacher_maps"]), n_w, list(batch["unit_valid_w"]), list(batch["unit_valid_l"]))
+    maps = block_maps_from_rows(teacher_rows(batch), n_w, list(batch["unit_valid_w"]), list(batch["unit_valid_l"]))
     return maps.to(device)
+
+
+def teacher_rows(batch: dict[str, Any]) -> list[np.ndarray]:
+    """Per-pair (N, U, U) maps: straight from the teacher stage, or stacked from the
+    per-block columns of the map cache (`teacher_maps_k0`, ...)."""
+    if "teacher_maps" in batch:
+        return list(batch["teacher_maps"])
+    blocks = sorted((k for k in batch if k.startswith(BLOCK_PREFIX)), key=lambda k: int(k[len(BLOCK_PREFIX):]))
+    return [np.stack([np.asarray(batch[k][i]) for k in blocks]) for i in range(batch_size(batch))]
 
 
 def map_bytes_stats(batch: dict[str, Any], *, num_blocks: int) -> dict[str, float]:
     """Mean bytes per pair of the fp16 unit-level maps that travelled, and of the
     head-averaged token-level fp32 maps they replace (N x n_t x n_t x 4 bytes)."""
-    shipped = [float(b) for b in batch["teacher_map_bytes"]]
+    shipped = [float(m[:num_blocks].nbytes) for m in teacher_rows(batch)]
     token_fp32 = [num_blocks * len(ids) ** 2 * 4.0 for ids in batch["teacher_ids"]]
     return {"teacher_map_bytes": sum(shipped) / len(shipped), "token_fp32_map_bytes": sum(token_fp32) / len(token_fp32)}
 

@@ -1,0 +1,100 @@
+"""Teacher-map cache: the frozen teacher's maps for fixed data are computed once and
+reused by every run that only changes λ, N or other student settings (DESIGN.md §2
+decision 3; the Tune sweeps read it).
+
+Layout: `<cache_dir>/<key>/` holds Parquet files of the encoded stream with one column
+per distilled block (`teacher_maps_k0`, `teacher_maps_k1`, ...; k=0 the top block), so
+a run with N smaller than the cached N_max reads only its blocks; `_SUCCESS` marks a
+complete cache (written last, so an interrupted write is never read).
+
+The key is a content hash of everything the maps depend on: the teacher's files
+(weights, config, tokenizer), the student tokenizer's files (unit alignment), every
+pair's text, the encode settings, N_max and the map normalisation. Any change gives a
+new key; nothing is ever overwritten in place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import ray
+
+from idrm_ray.core.types import AlignmentStats, PreferenceExample
+from idrm_ray.pipeline.records import ENCODING_COLUMNS, STAT_PREFIX
+
+FORMAT_VERSION = "maps-v1"
+BLOCK_PREFIX = "teacher_maps_k"
+_HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".pt")
+
+
+def _hash_path(h: "hashlib._Hash", name_or_path: str) -> None:
+    """Hash a local model directory's files (content) or, for a hub id, the id itself."""
+    path = Path(name_or_path)
+    if not path.exists():
+        h.update(f"hub:{name_or_path}".encode())
+        return
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
+    for file in files:
+        h.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+
+
+def cache_key(
+    *,
+    teacher_dir: str,
+    student_dir: str,
+    examples: list[PreferenceExample],
+    encode_kwargs: dict,
+    num_blocks: int,
+    renormalize: bool,
+) -> str:
+    h = hashlib.sha256(FORMAT_VERSION.encode())
+    _hash_path(h, teacher_dir)
+    _hash_path(h, student_dir)
+    settings = {k: v for k, v in encode_kwargs.items() if not k.endswith("tokenizer_dir")}
+    h.update(json.dumps({"encode": settings, "blocks": num_blocks, "renorm": renormalize}, sort_keys=True).encode())
+    for ex in examples:
+        h.update(json.dumps([ex.prompt, ex.chosen, ex.rejected, ex.margin]).encode())
+    return h.hexdigest()[:24]
+
+
+def split_block_columns(batch: dict) -> dict:
+    """`teacher_maps` (per row (N, U, U)) -> one column per block k."""
+    out = {k: v for k, v in batch.items() if k != "teacher_maps"}
+    num_blocks = batch["teacher_maps"][0].shape[0] if len(batch["teacher_maps"]) else 0
+    for k in range(num_blocks):
+        out[f"{BLOCK_PREFIX}{k}"] = [m[k] for m in batch["teacher_maps"]]
+    return out
+
+
+def columns_for(num_blocks: int) -> list[str]:
+    stats = [STAT_PREFIX + name for name in AlignmentStats().as_dict()]
+    return [*ENCODING_COLUMNS, "pair_id", "margin", *stats, *(f"{BLOCK_PREFIX}{k}" for k in range(num_blocks))]
+
+
+def cached_blocks(path: Path) -> int:
+    return int(json.loads((path / "_SUCCESS").read_text())["num_blocks"])
+
+
+def read_or_build(stream_fn, *, root: str, key: str, num_blocks: int, needed: int) -> ray.data.Dataset:
+    """The cached stream with `needed` blocks; builds it first with `stream_fn()` (the
+    teacher stage over N_max=`num_blocks` blocks) when the key is absent."""
+    path = Path(root) / key
+    if not (path / "_SUCCESS").exists():
+        tmp = Path(root) / f".{key}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        stream_fn().map_batches(split_block_columns, batch_format="numpy", num_cpus=0.1).write_parquet(str(tmp))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        (path / "_SUCCESS").write_text(json.dumps({"num_blocks": num_blocks, "key": key}))
+        print(f"[idrm] teacher maps cached at {path}")
+    else:
+        print(f"[idrm] teacher maps read from cache {path}")
+    if needed > cached_blocks(path):
+        raise ValueError(f"cache {path} holds {cached_blocks(path)} blocks, the run needs {needed}")
+    return ray.data.read_parquet(str(path), columns=columns_for(needed))
