@@ -9,18 +9,22 @@ with what is already in DIR instead of writing. The committed files under
 `idrm_ray/data/bundled/` are `generate_bundled()` with the defaults.
 
 Preference pairs are HH-style prompts ("\\n\\nHuman: ... \\n\\nAssistant:") whose first turn
-states 1-4 facts (weights 4:3:2:1) "<subject> <verb> <object>" (distinct subjects and
+states 1-3 facts (weights 6:3:1) "<subject> <verb> <object>" (distinct subjects and
 objects, optional modifier such as "in the café"); a question follows, in the same turn
-or 1-2 turns later (multi-turn, about a quarter). Judging needs the early context and a token-level
+or 1-2 turns later (multi-turn, about one in seven). Judging needs the early context and a token-level
 comparison of the two responses, which mostly share one template:
 
 - `what` (40%): "What does the cat like?" chosen names the context's object; rejected
-  names another object (half the time a distractor fact's object, so binding matters),
+  names another object (a quarter of the time a distractor fact's object, so binding
+  matters),
   or negates the fact; 10% ask about an absent subject, where the chosen says the
   context does not say and the rejected invents an answer.
 - `who` (25%): "Who likes the ball?" with a wrong subject in the rejected.
-- `yesno` (25%): "Does the cat like the ball?", half yes and half no, so negations sit
-  in chosen and rejected alike.
+- `yesno` (25%): "Does the cat like the ball?", half yes and half no. Long answers
+  state a fact, the chosen the context's ("No, the cat likes the house."), the rejected
+  one the context does not hold ("Yes, the cat likes the ball."); short answers (20%,
+  "Yes." / "No.") hinge on the polarity alone, so negation sits in chosen and rejected
+  alike.
 - `style` (10%): both state the right fact, the chosen politely, the rejected rudely.
 
 `margin` is a synthetic rating gap: 1 style, 2 wrong entity, 3 contradiction.
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
-DEFAULT_SIZES = {"pref_train": 2000, "pref_eval": 300, "nli_train": 3000, "nli_eval": 300}
+DEFAULT_SIZES = {"pref_train": 6000, "pref_eval": 300, "nli_train": 3000, "nli_eval": 300}
 DEFAULT_SEED = 0
 
 # Words of `idrm_ray.core.tiny.tiny_corpus` (kept in sync by hand; tiny.py imports torch).
@@ -96,7 +100,7 @@ def hh_prompt(rng: random.Random, facts: list[Fact], question: str) -> str:
     """Single-turn "\\n\\nHuman: <context> <question>\\n\\nAssistant:", or multi-turn with the
     context in the first turn (far from the response) and the question last."""
     context = f"{rng.choice(INTROS)} " + " ".join(cap(f.clause()) + "." for f in facts)
-    if rng.random() < 0.25:
+    if rng.random() < 0.15:
         turns = [("Human", context), ("Assistant", rng.choice(ACKS))]
         if rng.random() < 0.5:
             talk, reply = rng.choice(SMALL_TALK)
@@ -109,8 +113,8 @@ def hh_prompt(rng: random.Random, facts: list[Fact], question: str) -> str:
 
 
 def _other(rng: random.Random, pool: list[str], avoid: str, distractors: list[str]) -> str:
-    """A wrong entity: half the time one that appears elsewhere in the context."""
-    if distractors and rng.random() < 0.5:
+    """A wrong entity: a quarter of the time one that appears elsewhere in the context."""
+    if distractors and rng.random() < 0.25:
         return rng.choice(distractors)
     return rng.choice([x for x in pool if x != avoid and x not in distractors])
 
@@ -153,6 +157,10 @@ def _yesno(rng: random.Random, facts: list[Fact], t: Fact) -> tuple[str, str, st
     affirm = " Yes." if short else f" Yes, {t.subj} {verb} {obj}."
     deny = " No." if short else f" No, {t.subj} does not {base} {obj}."
     good, bad = (affirm, deny) if yes else (deny, affirm)
+    if not short:  # the chosen states the context's fact, the rejected one it does not hold
+        wrong = _other(rng, OBJECTS, t.obj, [f.obj for f in facts if f is not t])
+        right = f" {t.subj} {verb} {t.obj}."
+        good, bad = (" Yes," + right, f" No, {t.subj} {verb} {wrong}.") if yes else (" No," + right, affirm)
     return f"Does {t.subj} {base} {obj}?", good, bad, 3.0
 
 
@@ -171,7 +179,7 @@ KINDS = [("what", 0.40, _what), ("who", 0.25, _who), ("yesno", 0.25, _yesno), ("
 
 def preference_row(rng: random.Random) -> dict:
     kind, _, make = rng.choices(KINDS, weights=[w for _, w, _ in KINDS])[0]
-    facts = sample_facts(rng, rng.choices((1, 2, 3, 4), weights=(4, 3, 2, 1))[0])
+    facts = sample_facts(rng, rng.choices((1, 2, 3), weights=(6, 3, 1))[0])
     question, chosen, rejected, margin = make(rng, facts, rng.choice(facts))
     return {"prompt": hh_prompt(rng, facts, question), "chosen": chosen, "rejected": rejected,
             "margin": margin, "kind": kind}

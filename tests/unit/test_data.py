@@ -327,16 +327,16 @@ def test_bundled_files_equal_a_fresh_generation(tmp_path):
 def test_bundled_files_load_cleanly_with_expected_counts():
     train, r_train = load_preferences(generate.bundled_path("pref_train"))
     evals, _ = load_preferences(generate.bundled_path("pref_eval"))
-    assert (len(train), len(evals), r_train.format, r_train.rows_skipped) == (2000, 300, "generic", 0)
+    assert (len(train), len(evals), r_train.format, r_train.rows_skipped) == (6000, 300, "generic", 0)
     assert not {p.prompt for p in train} & {p.prompt for p in evals}
     rows = [json.loads(line) for line in generate.bundled_path("pref_train").read_text("utf-8").splitlines()]
     kinds = Counter(r["kind"] for r in rows)
     assert set(kinds) == {"what", "who", "yesno", "style"} and kinds["style"] >= 100
     multi_turn = sum(p.prompt.count("\n\nHuman:") > 1 for p in train)
-    assert 300 < multi_turn < 700 and all(p.prompt.endswith("\n\nAssistant:") for p in train)
+    assert 700 < multi_turn < 1200 and all(p.prompt.endswith("\n\nAssistant:") for p in train)
     # No length shortcut: chosen is longer about as often as rejected.
     longer = sum(len(p.chosen) > len(p.rejected) for p in train) - sum(len(p.chosen) < len(p.rejected) for p in train)
-    assert abs(longer) < 200
+    assert abs(longer) < 600
     for name, n in (("nli_train", 3000), ("nli_eval", 300)):
         triples, report = load_nli(generate.bundled_path(name))
         assert len(triples) == n and report.rows_skipped == 0
@@ -345,5 +345,5 @@ def test_bundled_files_load_cleanly_with_expected_counts():
 
 def test_tokenizer_corpus_is_the_bundled_text():
     corpus = generate.tokenizer_corpus()
-    assert len(corpus) == 3 * 2300 + 2 * 3300
+    assert len(corpus) == 3 * 6300 + 2 * 3300
     assert any("café" in t for t in corpus) and any("\n\nAssistant:" in t for t in corpus)
