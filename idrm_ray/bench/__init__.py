@@ -1,0 +1,1 @@
+"""Benchmarks (CPU, in-process): `python -m idrm_ray.bench.id_step`."""
