@@ -20,10 +20,11 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from idrm_ray.core.types import BLOCKS, BlockMaps, CapturedQK, PreferenceBatch
 
-# fp32 elements of one chunk's (B, H, rows, keys) logits: 2**24 x 4 B = 64 MiB. Softmax output,
-# its gradient and the recompute add buffers of that size: the measured peak of one chunk's
-# forward + backward is about 5x this, i.e. ~320 MiB whatever n and B are.
-DEFAULT_ELEMENT_BUDGET = 1 << 24
+# fp32 elements of one chunk's (B, H, rows, keys) logits: 2**22 x 4 B = 16 MiB. Softmax output,
+# its gradient and the recompute add buffers of that size: the peak of one chunk's forward +
+# backward is about 5x this, i.e. ~80 MiB whatever n and B are (idrm_ray.bench.id_step:
+# 64-row chunks cost ~6% more time than one chunk and 4-6x less memory).
+DEFAULT_ELEMENT_BUDGET = 1 << 22
 _NEG = torch.finfo(torch.float32).min  # finite "-inf": a row with no valid key stays NaN-free
 
 
@@ -64,7 +65,10 @@ def _logits(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor) -> torch.
     qg = q.float().reshape(bsz, kv_heads, (heads // kv_heads) * rows, dim) * (1.0 / math.sqrt(dim))
     logits = qg @ k.float().transpose(-1, -2)  # (B, H_kv, G*rows, n_k)
     logits = logits.view(bsz, heads, rows, -1)  # (B, H, rows, n_k)
-    return logits.masked_fill_(~key_valid[:, None, None, :], _NEG)  # in place: matmul saved q, k only
+    # An additive bias, not masked_fill: its backward passes the gradient through as is,
+    # where an in-place fill on the matmul output costs a zero-filled full-size copy.
+    bias = torch.zeros(key_valid.shape, device=logits.device).masked_fill_(~key_valid, _NEG)  # (B, n_k)
+    return logits + bias[:, None, None, :]
 
 
 def _pool_keys(probs: torch.Tensor, key: _Half) -> torch.Tensor:
