@@ -1,0 +1,32 @@
+"""Evaluation and attention diagnostics of trained reward models (issue 6).
+
+    from idrm_ray.eval import load_eval_set, run_eval, EvalOptions, compare_runs
+    evals = load_eval_set("allenai/reward-bench")                  # RewardBench, RMB, HH, generic
+    run_eval(EvalOptions(checkpoint="runs/default/id/checkpoint", data=("pairs.jsonl",), diagnostics=True))
+    compare_runs(["runs/default", "runs/other"])
+
+Modules: `layouts` (reading and validating eval sets), `rewardbench` (the subset-to-section
+table, from allenai/reward-bench), `rmb` (RMB pairwise rows), `scoring` (batched rewards),
+`ray_scoring` (the same scorer as a Ray Data actor pool), `significance` (Wilcoxon, bootstrap,
+McNemar), `diagnostics` (the paper's Section 2 analyses), `plots`, `report`, `runner` (the
+eval command), `commands` (its CLI flags).
+"""
+
+_LAZY = {  # imported on first use: `idrm-ray --help` should not pay for torch
+    "EvalSet": "layouts",
+    "load_eval_set": "layouts",
+    "compare_runs": "report",
+    "EvalOptions": "runner",
+    "run_eval": "runner",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"idrm_ray.eval.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'idrm_ray.eval' has no attribute {name!r}")
+
+
+__all__ = ["EvalOptions", "EvalSet", "compare_runs", "load_eval_set", "run_eval"]
