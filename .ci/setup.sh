@@ -15,4 +15,7 @@ TORCH_VERSION=$(.venv/bin/python -c "import torch; print(torch.__version__.split
 mkdir -p .cache
 echo "torch==${TORCH_VERSION}" > .cache/constraints.txt
 $PIP install -q -c .cache/constraints.txt -e ".[${EXTRAS:-test}]"
+# OpenRLHF's Python code only (its flash-attn/vLLM pins need CUDA), for the PPO/serve contract tests:
+# the train_ppo_ray parser, openrlhf.utils.agent (pylatexenc) and the reward-model loader (peft, accelerate).
+$PIP install -q --no-deps openrlhf==0.11.2 pylatexenc==2.11 peft==0.21.2 accelerate==1.15.0
 echo "idrm_ray installed in .venv (torch ${TORCH_VERSION})"

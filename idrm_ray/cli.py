@@ -5,6 +5,10 @@
     idrm-ray train --preset llama3_8b_hh resources.ray_address=auto
     idrm-ray teacher                                # only the NLI teacher fine-tune
     idrm-ray train --help-config                    # every key, type, default and help
+    idrm-ray eval --checkpoint DIR --data SRC       # accuracy, significance, diagnostics
+    idrm-ray report RUN_DIR [RUN_DIR ...]           # runs side by side
+    idrm-ray serve --checkpoint DIR [--smoke]       # reward server (OpenRLHF remote protocol)
+    idrm-ray ppo --config ppo.yaml [--dry-run]      # OpenRLHF PPO as a Ray job
 
 Bad input (config or data) ends with one line naming the problem and exit status 2,
 never a traceback.
@@ -16,6 +20,8 @@ import sys
 
 from idrm_ray.config import ConfigError, describe, load_config
 from idrm_ray.config.train import TrainJobConfig
+from idrm_ray.eval.commands import EVAL_COMMANDS, add_eval_commands, run_eval_command
+from idrm_ray.serve.commands import SERVE_COMMANDS, add_serve_commands, run_serve_command
 
 EXIT_BAD_INPUT = 2
 
@@ -33,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--output-dir", help="parent folder of run folders (same as run.output_dir=...)")
         p.add_argument("--help-config", action="store_true", help="list every config key and exit")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. method.id.lam=0.8")
+    add_eval_commands(sub)
+    add_serve_commands(sub)
     return parser
 
 
@@ -46,6 +54,10 @@ def load_train_config(args: argparse.Namespace) -> TrainJobConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in EVAL_COMMANDS:
+        return run_eval_command(args)
+    if args.command in SERVE_COMMANDS:
+        return run_serve_command(args)
     if args.help_config:
         print(describe(TrainJobConfig))
         return 0

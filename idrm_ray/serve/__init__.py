@@ -1,0 +1,13 @@
+"""The reward actor: a trained checkpoint served with OpenRLHF's remote reward protocol.
+
+- `scoring.RewardScorer`: tokenize like training, batch, `compute_rewards`, normalise (torch only);
+- `protocol`: request limits, validation and the response shape (pure python);
+- `app`: the FastAPI endpoints (auth, body limit, errors) shared by both backends;
+- `deployment`: the thin Ray Serve wrapper (replicas, `@serve.batch`);
+- `runner`, `commands`: `idrm-ray serve` (start, wait healthy, smoke, stop) and the CLI wiring;
+- `loadtest`: a bounded loopback load test (N requests, C clients, a deadline);
+- `par_reward`: a self-contained OpenRLHF `reward_func` file (PAR shaping / authenticated passthrough);
+- `par`: precomputing PAR reference rewards with the server's scorer settings.
+
+Nothing is imported here, so `idrm_ray.serve.config` stays light for the config registry.
+"""

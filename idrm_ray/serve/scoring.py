@@ -1,0 +1,188 @@
+"""Scoring queries with a saved reward model, the way training read them (torch only).
+
+OpenRLHF sends `query` = the decoded prompt + response tokens (special tokens kept, so a
+vLLM response that stopped at EOS ends with the EOS text) and `prompts` = the prompt
+string. Training read `prefix + prompt + separator + response + suffix` tokenized with the
+tokenizer's specials (BOS), EOS appended, the prompt cut from the left and the response
+from the right (`core/truncation.py`). The scorer mirrors that on the query: leading
+specials unless the text already has them, EOS unless it ends with it, and the same
+window when a query is too long (the prompt/response split comes from `prompts`).
+Queries are sorted by length before batching, so padding stays small.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from idrm_ray.core.reward_model import compute_rewards, load_reward_model, normalize, reward_stats
+from idrm_ray.core.truncation import content_budget, window_keep
+
+__all__ = ["QueryTooLong", "RewardScorer", "Scores", "all_finite", "resolve_device_dtype"]
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class QueryTooLong(ValueError):
+    """A query whose special tokens alone exceed `max_len` (nothing sensible to keep)."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    rewards: list[float]  # what clients get: normalised when the scorer normalises
+    raw: list[float]  # r(x, y) straight from the value head
+
+    def split(self, sizes: Sequence[int]) -> list["Scores"]:
+        out, start = [], 0
+        for n in sizes:
+            out.append(Scores(self.rewards[start : start + n], self.raw[start : start + n]))
+            start += n
+        return out
+
+
+def resolve_device_dtype(dtype: str, *, use_gpu: bool) -> tuple[torch.device, torch.dtype]:
+    """auto: bf16 on GPU, fp32 on CPU (bf16 matmuls on CPU are slow and lossy)."""
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    if dtype == "auto":
+        return device, torch.bfloat16 if device.type == "cuda" else torch.float32
+    return device, _DTYPES[dtype]
+
+
+class RewardScorer:
+    """`score(queries, prompts)` -> `Scores`; thread-safe (one forward at a time)."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_len: int = 2048,
+        batch_size: int = 16,
+        normalize_rewards: bool = False,
+        special_tokens: str = "auto",
+        append_eos: bool = True,
+    ):
+        if tokenizer.eos_token_id is None and append_eos:
+            raise ValueError("the tokenizer has no EOS token, so append_eos cannot work: set append_eos=false")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_len, self.batch_size = int(max_len), int(batch_size)
+        self.normalize_rewards = normalize_rewards
+        self.stats = reward_stats(model)
+        self.special_tokens = special_tokens
+        self.append_eos = append_eos
+        self.lead = [] if special_tokens == "never" else list(tokenizer("", add_special_tokens=True)["input_ids"])
+        self.special_ids = set(tokenizer.all_special_ids)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+        self.device = next(model.parameters()).device
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        dtype: str = "auto",
+        use_gpu: bool = False,
+        attn_implementation: str = "sdpa",
+        **kwargs,
+    ) -> "RewardScorer":
+        from transformers import AutoTokenizer
+
+        device, torch_dtype = resolve_device_dtype(dtype, use_gpu=use_gpu)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = load_reward_model(
+            path, dtype=torch_dtype, attn_implementation=attn_implementation, tokenizer=tokenizer, init_value_head=False
+        )
+        return cls(model.to(device), tokenizer, **kwargs)
+
+    # -- tokenization -----------------------------------------------------------------------
+
+    def encode(self, queries: Sequence[str], prompts: Sequence[str] | None = None) -> list[list[int]]:
+        """Token ids per query, with BOS/EOS as in training and truncated to `max_len`."""
+        enc = self.tokenizer(
+            list(queries), add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        out = []
+        for i, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
+            prompt = prompts[i] if prompts is not None else None
+            out.append(self._finish(list(ids), offsets, queries[i], prompt))
+        return out
+
+    def _finish(self, ids: list[int], offsets, query: str, prompt: str | None) -> list[int]:
+        lead = self.lead
+        if self.special_tokens == "auto" and ids[: len(lead)] == lead:
+            lead = []
+        eos = self.tokenizer.eos_token_id
+        tail = [eos] if self.append_eos and (not ids or ids[-1] != eos) else []
+        if len(lead) + len(ids) + len(tail) <= self.max_len:
+            return lead + ids + tail
+        # Too long: keep what training would keep (core/truncation.py); specials in the
+        # text (BOS/EOS/chat markers) are overhead and always kept.
+        ids_np = np.asarray(ids, dtype=np.int64)
+        starts = np.asarray([o[0] for o in offsets], dtype=np.int64)
+        is_content = ~np.isin(ids_np, list(self.special_ids))
+        n_prompt = len(prompt) if prompt is not None and query.startswith(prompt) else len(query)
+        overhead = len(lead) + len(tail) + int((~is_content).sum())
+        try:
+            budget = content_budget(self.max_len, overhead, what="query")
+        except ValueError as exc:
+            raise QueryTooLong(f"{exc} (model.max_len={self.max_len})") from None
+        keep = window_keep(is_content, starts < n_prompt, budget=budget)
+        return lead + ids_np[keep].tolist() + tail
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def _forward(self, rows: list[list[int]]) -> list[float]:
+        n = max(len(r) for r in rows)
+        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):  # right padding; compute_rewards reads the last real token
+            ids[i, : len(r)] = torch.as_tensor(r)
+            mask[i, : len(r)] = 1
+        return compute_rewards(self.model, ids.to(self.device), mask.to(self.device)).tolist()
+
+    def score(self, queries: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
+        return self.score_rows(self.encode(queries, prompts) if queries else [])
+
+    def score_rows(self, rows: list[list[int]]) -> Scores:
+        """Rewards of encoded rows (`encode`), in order; sorted by length inside."""
+        if not rows:
+            return Scores([], [])
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        raw = [0.0] * len(rows)
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                for i, r in zip(chunk, self._forward([rows[i] for i in chunk])):
+                    raw[i] = r
+        rewards = raw
+        if self.normalize_rewards:
+            rewards = normalize(torch.tensor(raw, dtype=torch.float64), self.stats).tolist()
+        return Scores(rewards=[float(r) for r in rewards], raw=[float(r) for r in raw])
+
+    def score_many(self, groups: Sequence[list[list[int]]]) -> list[Scores]:
+        """Several requests' encoded rows scored as one batch (Ray Serve's dynamic
+        batching), split back per request. Encoding stays per request, so one bad query
+        fails its own request, not the whole batch."""
+        return self.score_rows([r for rows in groups for r in rows]).split([len(rows) for rows in groups])
+
+    def info(self) -> dict:
+        return {
+            "max_len": self.max_len,
+            "normalize": self.normalize_rewards,
+            "mean": self.stats.mean,
+            "std": self.stats.std,
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "device": str(self.device),
+        }
+
+
+def all_finite(values: Sequence[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
