@@ -53,7 +53,15 @@ def load_train_config(args: argparse.Namespace) -> TrainJobConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may also follow flags (`a=b --output-dir X c=d`): argparse leaves those over.
+    takes_overrides = hasattr(args, "overrides")
+    stray = [a for a in extra if not takes_overrides or "=" not in a or a.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if args.command in EVAL_COMMANDS:
         return run_eval_command(args)
     if args.command in SERVE_COMMANDS:

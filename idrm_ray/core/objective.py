@@ -74,7 +74,9 @@ def preference_loss(
     )
     metrics.update(id_metrics)
     loss = total_loss(l_bt, l_id, lam=settings.lam)
-    metrics["loss"] = loss.detach()
+    # Logged as a local per-pair mean like every other metric; `loss` itself carries the
+    # data-parallel normaliser and differs from it when shards are uneven.
+    metrics["loss"] = metrics["l_bt"] + settings.lam * metrics["l_id"]
     return loss, metrics
 
 
@@ -83,8 +85,7 @@ def _bt_part(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r_w, r_l = rewards.split(batch.num_pairs)  # (B,), (B,): chosen rows first
     l_bt, metrics = bt_loss(r_w, r_l, margin=batch.margin, num_pairs=num_pairs)
-    metrics = {"l_bt": l_bt.detach(), **metrics, "loss": l_bt.detach()}
-    return l_bt, metrics
+    return l_bt, {**metrics, "loss": metrics["l_bt"]}  # local per-pair means
 
 
 class RewardForward(torch.nn.Module):

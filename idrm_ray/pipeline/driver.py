@@ -59,11 +59,12 @@ def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad
     return WorkerSpec(
         method=method, student_dir=student_dir, pad_id=pad_id, id_settings=ids,
         lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), schedule=o.schedule,
-        warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, epochs=o.epochs,
+        warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, max_steps=o.max_steps, epochs=o.epochs,
         micro_batch_size=plan.micro_batch_size, grad_accum_steps=plan.grad_accum_steps,
         max_grad_norm=o.max_grad_norm, seed=o.seed,
         strategy="deepspeed" if cfg.deepspeed.enabled else "torch", zero_stage=cfg.deepspeed.zero_stage,
         precision=plan.precision, offload_optimizer=cfg.deepspeed.offload_optimizer,
+        offload_params=cfg.deepspeed.offload_params,
         gradient_checkpointing=cfg.student.gradient_checkpointing,
         eval_every=plan.eval_every, checkpoint_every=plan.checkpoint_every, log_every=cfg.run.log_every,
         max_nonfinite_steps=cfg.run.max_nonfinite_steps,

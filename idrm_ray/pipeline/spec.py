@@ -23,7 +23,8 @@ class WorkerSpec:
     betas: tuple[float, float] = (0.9, 0.95)
     schedule: str = "cosine"
     warmup_steps: int = 0
-    total_steps: int = 1
+    total_steps: int = 1  # planned optimizer steps (LR schedule length)
+    max_steps: int | None = None  # stop after this many steps (optim.max_steps); None: epochs decide
     epochs: int = 1
     micro_batch_size: int = 4
     grad_accum_steps: int = 1
@@ -34,6 +35,7 @@ class WorkerSpec:
     zero_stage: int = 3
     precision: str = "fp32"
     offload_optimizer: bool = False
+    offload_params: bool = False
     gradient_checkpointing: bool = False
     # run control
     eval_every: int = 0  # optimizer steps; 0: only at the end

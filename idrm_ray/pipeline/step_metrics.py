@@ -20,7 +20,7 @@ class StepAccumulator:
 
     def add(self, metrics: dict, *, pairs: int, wait_s: float, busy_s: float) -> None:
         for key, value in metrics.items():
-            self.sums[key] += float(value) * pairs
+            self.sums[key] += float(value) * pairs if pairs else 0.0  # a filler's NaN must not leak in
         self.pairs += pairs
         self.steps += 1
         self.wait_s += wait_s

@@ -43,9 +43,9 @@ def train_loop_per_worker(config: dict) -> None:
         for micro, item in enumerate(synced_batches(stream, run.strategy.all_reduce_sum)):
             if micro < progress.micro_in_epoch:
                 continue  # resumed mid-epoch: these pairs were trained on before the failure
-            if run.micro_step(micro, item) and progress.step >= spec.total_steps:
+            if run.micro_step(micro, item) and run.done():
                 break  # every rank reaches this at the same step
-        if progress.step >= spec.total_steps:
+        if run.done():
             break
         progress.micro_in_epoch = 0
     run.evaluate_and_checkpoint(final=True)
@@ -65,6 +65,7 @@ class _WorkerRun:
             spec.strategy, zero_stage=spec.zero_stage, precision=spec.precision,
             micro_batch_size=spec.micro_batch_size, grad_accum_steps=spec.grad_accum_steps,
             max_grad_norm=spec.max_grad_norm, offload_optimizer=spec.offload_optimizer,
+            offload_params=spec.offload_params,
         )
         optimizer, self.scheduler = _optimizer(self.model, spec)
         self.engine = self.strategy.prepare(RewardForward(self.model).to(self.device), optimizer, self.scheduler)
@@ -72,6 +73,11 @@ class _WorkerRun:
         self.monitor = StudentMonitor(method=spec.method)
         self.wandb = _wandb(spec) if self.strategy.rank == 0 else None
         self.acc = StepAccumulator()
+
+    def done(self) -> bool:
+        """Only an explicit step cap stops early: with uneven shards an epoch can take more
+        steps than planned, and every pair must still be trained on."""
+        return self.spec.max_steps is not None and self.progress.step >= self.spec.max_steps
 
     def micro_step(self, micro: int, item) -> bool:
         """One forward/backward; returns True when it completed an optimizer step."""
@@ -100,8 +106,9 @@ class _WorkerRun:
         strategy.step()
         progress.micro_in_epoch = micro + 1  # same on every rank (lock-step)
         progress.pairs_seen += int(global_pairs)
-        if item.real:
-            self.acc.add(metrics, pairs=local_pairs, wait_s=item.wait_s, busy_s=time.perf_counter() - t0)
+        # Fillers too (with 0 pairs): `flush` all-reduces one value per metric key, so every
+        # rank must hold the same keys even when its shard ran out for a whole log interval.
+        self.acc.add(metrics, pairs=local_pairs, wait_s=item.wait_s, busy_s=time.perf_counter() - t0)
         if boundary:
             progress.step += 1
             self._after_step()
@@ -117,7 +124,7 @@ class _WorkerRun:
                 self.wandb.log(row, step=step)
             if self.strategy.rank == 0:
                 print(_progress_line(spec.method, step, spec.total_steps, row), flush=True)
-        if step >= spec.total_steps:
+        if self.done():
             return  # the final evaluation and checkpoint follow the loop
         due_eval = spec.eval_every and step % spec.eval_every == 0
         due_ckpt = spec.checkpoint_every and step % spec.checkpoint_every == 0

@@ -1,0 +1,143 @@
+"""Two Ray Train workers under DeepSpeed ZeRO-2 and ZeRO-3 (CPU, gloo) agree with one worker.
+
+The comparison has to survive the streaming split: which worker gets which pairs, and in
+what order, is decided by Ray Data at run time. So the training set is ONE bundled pair
+repeated 68 times: every micro-batch, on any worker, holds copies of the same pair, and an
+optimizer step's gradient is that pair's gradient g(θ) whatever the split, PROVIDED the
+pipeline normalises by the global count of real pairs, accumulates the right number of
+micro-batches, steps the optimizer and the LR schedule once per global batch, and
+consolidates ZeRO-3 shards correctly on save. Same init (seeded tiny student), same global
+batch (8 = 4 x 2 accumulation on one worker, 4 x 1 x 2 workers), same 8 steps, lr 1e-3,
+cosine schedule. The eval set is 32 distinct bundled eval pairs, so eval loss checks the
+whole model.
+
+68 pairs leave the two workers' shards uneven (the encode stage emits blocks of up to 64 rows
+and the split hands out whole blocks), so one worker runs out within the 8 steps and keeps
+stepping on zero-weight fillers (`ingest.synced_batches`) while metrics are logged every step:
+the ragged end, its normalisation and its collectives are part of what must match (this is
+the case that deadlocked before step_metrics kept every rank's metric keys alike).
+
+Tolerances (fp32), the same reasoning and numbers as test_strategy.py (which checks the
+strategies alone, without Ray): the runs differ only in float summation order (two 4-row
+means averaged by gloo vs a 4+4 accumulation; ZeRO's flat buckets), ~1e-7 relative.
+- training loss (`l_bt`, the per-pair mean) per step and eval loss: rtol 1e-4;
+- parameters, globally: |run - ref| / |ref - init| <= 1e-3 (a real error, e.g. a missed or
+  doubled step, a wrong scale feeding AdamW's eps, a lost shard, is of order 1);
+- parameters, per element: max |run - ref| <= 2e-4. AdamW moves an element whose true
+  gradient is ~0 by up to ~1e-2 lr per step on summation noise of ~1e-10 against eps 1e-8,
+  so 8 steps can differ by up to ~8e-5 (observed over runs: ZeRO-2 <= 3e-7, ZeRO-3 <= 4.4e-5,
+  on single elements). A skipped or doubled step moves ordinary elements by ~lr = 1e-3, 5x the bound.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from idrm_ray.data import bundled_path
+
+STEPS, PAIRS, EVAL_PAIRS = 8, 68, 32
+RTOL_LOSS, REL_PARAMS, ATOL_PARAMS = 1e-4, 1e-3, 2e-4
+FIT_TIMEOUT_S = 300  # a cold DeepSpeed JIT compile of the CPU comm op adds 25-45 s
+COMMON = (
+    "method.name=bt", f"optim.max_steps={STEPS}", "optim.global_batch_size=8", "optim.micro_batch_size=4",
+    "optim.lr=1e-3", "optim.warmup_ratio=0.03", "optim.schedule=cosine", "run.log_every=1", "run.eval_every=0",
+)
+RUNS = {
+    "one_worker": ("resources.num_workers=1", "deepspeed.enabled=false"),
+    "zero2": ("resources.num_workers=2", "deepspeed.enabled=true", "deepspeed.zero_stage=2"),
+    "zero3": ("resources.num_workers=2", "deepspeed.enabled=true", "deepspeed.zero_stage=3"),
+}
+
+
+def _write_data(root: Path) -> tuple[Path, Path]:
+    train_lines = bundled_path("pref_train").read_text(encoding="utf-8").splitlines()
+    eval_lines = bundled_path("pref_eval").read_text(encoding="utf-8").splitlines()
+    train, evals = root / "same_pair.jsonl", root / "eval32.jsonl"
+    train.write_text((train_lines[0] + "\n") * PAIRS, encoding="utf-8")
+    evals.write_text("\n".join(eval_lines[:EVAL_PAIRS]) + "\n", encoding="utf-8")
+    return train, evals
+
+
+@pytest.fixture(scope="module")
+def runs(ray_session, guard, make_config, tmp_path_factory):
+    from idrm_ray.pipeline.driver import run_train
+
+    root = tmp_path_factory.mktemp("zero")
+    train, evals = _write_data(root)
+    out = {}
+    for name, extra in RUNS.items():
+        cfg = make_config(root, name, *COMMON, f"data.train={train}", f"data.eval={evals}", *extra)
+        summary = guard(lambda: run_train(cfg), timeout_s=FIT_TIMEOUT_S, what=f"run_train {name}")
+        run_dir = Path(summary["run_dir"])
+        out[name] = {
+            "run": summary["runs"][0],
+            "history": [json.loads(line) for line in (run_dir / "bt" / "metrics.jsonl").read_text().splitlines()],
+            "init": load_file(run_dir / "assets" / "student" / "model.safetensors"),
+            "final": load_file(run_dir / "bt" / "checkpoint" / "model.safetensors"),
+        }
+    return out
+
+
+def _train_losses(history: list[dict], key: str = "l_bt") -> dict[int, float]:
+    """Per-step mean BT loss. `l_bt` rather than `loss`: see test_logged_loss_is_a_per_pair_mean."""
+    return {row["step"]: row[key] for row in history if row.get("pairs")}
+
+
+def _pairs_per_step(history: list[dict]) -> list[int]:
+    return [row["pairs"] for row in history if row.get("pairs")]
+
+
+def test_reference_run_trained(runs):
+    ref = runs["one_worker"]
+    assert ref["run"]["steps"] == STEPS and ref["run"]["pairs_seen"] == STEPS * 8
+    assert _pairs_per_step(ref["history"]) == [8] * STEPS
+    losses = _train_losses(ref["history"])
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert losses[STEPS] < losses[1] - 0.05, f"one pair, 8 steps at lr 1e-3 must fit it: {losses}"
+    moved = sum(float((ref["final"][k] - ref["init"][k]).norm() ** 2) for k in ref["init"]) ** 0.5
+    assert moved > 1e-3
+
+
+@pytest.mark.parametrize("name", ["zero2", "zero3"])
+def test_two_workers_match_one_worker(runs, name):
+    ref, run = runs["one_worker"], runs[name]
+    assert run["run"]["steps"] == STEPS
+    pairs = _pairs_per_step(run["history"])
+    assert run["run"]["pairs_seen"] == sum(pairs) and len(pairs) == STEPS
+    assert min(pairs) < 8, f"{name}: no step ran on a filler, the ragged end was not exercised: {pairs}"
+    assert set(run["init"]) == set(ref["init"])
+    for key in ref["init"]:  # same seeded init, so differences below come from training
+        assert torch.equal(run["init"][key], ref["init"][key]), key
+
+    ref_losses, losses = _train_losses(ref["history"]), _train_losses(run["history"])
+    assert sorted(losses) == sorted(ref_losses)
+    for step, value in ref_losses.items():
+        assert losses[step] == pytest.approx(value, rel=RTOL_LOSS), f"step {step}"
+    assert run["run"]["eval_loss"] == pytest.approx(ref["run"]["eval_loss"], rel=RTOL_LOSS)
+    assert run["run"]["eval_accuracy"] == ref["run"]["eval_accuracy"]
+
+    # The checkpoint holds the consolidated weights (ZeRO-3: gathered from both ranks' shards).
+    assert set(run["final"]) == set(ref["final"])
+    diff = sum(float((run["final"][k] - ref["final"][k]).norm() ** 2) for k in ref["final"]) ** 0.5
+    update = sum(float((ref["final"][k] - ref["init"][k]).norm() ** 2) for k in ref["final"]) ** 0.5
+    worst = max(float((run["final"][k] - ref["final"][k]).abs().max()) for k in ref["final"])
+    assert diff / update <= REL_PARAMS, f"{name}: |run - ref| / |update| = {diff / update:.2e}"
+    assert worst <= ATOL_PARAMS, f"{name}: max elementwise difference {worst:.2e}"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "one_worker",
+        "zero2",
+    ],
+)
+def test_logged_loss_is_a_per_pair_mean(runs, name):
+    """For BT the logged `loss` is L_BT, so it must equal the per-pair mean `l_bt`."""
+    loss, l_bt = _train_losses(runs[name]["history"], "loss"), _train_losses(runs[name]["history"], "l_bt")
+    for step, value in l_bt.items():
+        assert loss[step] == pytest.approx(value, rel=RTOL_LOSS), f"step {step}: loss {loss[step]} vs l_bt {value}"
