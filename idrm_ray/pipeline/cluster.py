@@ -27,7 +27,9 @@ def init_ray(address: str) -> None:
     if address or os.environ.get("RAY_ADDRESS"):  # a cluster (e.g. under `ray job submit`)
         ray.init(address=address or None, log_to_driver=True)
     else:
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=True, include_dashboard=False)
+        context = ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=True)
+        if context.dashboard_url:  # the Ray Data operators and idrm_* metrics show up there
+            print(f"[idrm] Ray dashboard: http://{context.dashboard_url}")
 
 
 def _offers(resource: str) -> bool:
