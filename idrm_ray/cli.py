@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("train", "train reward models (BT / ID-RM); the embedded default with no arguments"),
         ("teacher", "fine-tune the NLI teacher only (same config tree as train)"),
+        ("tune", "Ray Tune sweep over λ × N sharing one teacher-map cache (reduced tiny grid by default)"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML config file (applied over the preset)")
@@ -39,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--output-dir", help="parent folder of run folders (same as run.output_dir=...)")
         p.add_argument("--help-config", action="store_true", help="list every config key and exit")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. method.id.lam=0.8")
+        if name == "tune":
+            p.add_argument("--lams", default="0.4,1.0", help="comma-separated λ grid")
+            p.add_argument("--top-ns", default="1,2", help="comma-separated N grid")
+            p.add_argument("--sweep-dir", default=None, help="sweep folder (default run.output_dir/run.name)")
+            p.add_argument("--max-failures", type=int, default=1, help="retries per failed trial")
     add_eval_commands(sub)
     add_serve_commands(sub)
     return parser
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = load_train_config(args)
-        return _run(args.command, cfg)
+        return _run(args.command, cfg, args)
     except ConfigError as exc:
         print(f"idrm-ray: config error: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - data errors cross Ray boundaries wrapped
@@ -84,7 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_BAD_INPUT
 
 
-def _run(command: str, cfg: TrainJobConfig) -> int:
+def _run(command: str, cfg: TrainJobConfig, args: argparse.Namespace | None = None) -> int:
+    if command == "tune":
+        from idrm_ray.tune import run_sweep
+
+        run_sweep(cfg, [float(x) for x in args.lams.split(",")], [int(x) for x in args.top_ns.split(",")],
+                  sweep_dir=args.sweep_dir, max_failures=args.max_failures)
+        return 0
     if command == "teacher":
         from idrm_ray.pipeline.driver import run_teacher
 
