@@ -41,3 +41,14 @@ def teacher_tokenizer():
 @pytest.fixture(scope="session")
 def unigram_tokenizer():
     return tiny.train_teacher_tokenizer(kind="unigram")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
+    spinning threads make them many times slower; restored afterwards. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,21 +9,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from idrm_ray.cli import main
 from idrm_ray.core.reward_model import save_reward_model
 from idrm_ray.eval.fixtures import marker_reward_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    spinning threads make them many times slower; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SUBSETS = ["alpacaeval-easy", "mt-bench-med", "llmbar-natural", "xstest-should-respond", "math-prm", "hep-js"]
