@@ -118,11 +118,15 @@ def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_
         student_max_len=cfg.student.max_len, teacher_max_len=cfg.teacher.max_len,
         template=(t.prefix, t.separator, t.suffix) if (t.prefix or t.separator or t.suffix) else None,
     )
-    train_ds = encoded_stream(examples_dataset(train), encode_kwargs=encode_kwargs, placement=placement)
+    # Units only matter where teacher maps are compared: BT training and every eval encode
+    # with the student tokenizer standing in for the teacher (identity units, no extra tokenizing).
+    student_only = {**encode_kwargs, "teacher_tokenizer_dir": None}
+    train_kwargs = encode_kwargs if method == "id" else student_only
+    train_ds = encoded_stream(examples_dataset(train), encode_kwargs=train_kwargs, placement=placement)
     if method == "id":
         train_ds = teacher_maps_stream(cfg, train_ds, train=train, teacher_dir=teacher_dir, student_dir=student_dir,
                                        encode_kwargs=encode_kwargs, placement=placement)
-    eval_ref = ray.put(encode_eval(evals, encode_kwargs))
+    eval_ref = ray.put(encode_eval(evals, student_only))
     t0 = time.perf_counter()
     result = cluster.fit(
         _loop(), loop_config={"spec": spec.to_dict(), "eval_ref": eval_ref}, datasets={"train": train_ds},
