@@ -75,6 +75,12 @@ def _string_list(data: dict, key: str, limits: Limits, *, what: str) -> list[str
             raise RequestError(422, f"`{key}[{i}]` must be a string, got {_type(item)}")
         if len(item) > limits.max_query_chars:
             raise RequestError(413, f"`{key}[{i}]` has {len(item)} characters; the limit is {limits.max_query_chars}")
+        if not item.isascii():
+            try:
+                item.encode("utf-8")  # JSON's \ud800 escapes decode to lone surrogates, which no tokenizer takes
+            except UnicodeEncodeError as exc:
+                raise RequestError(422, f"`{key}[{i}]` is not valid Unicode text: lone surrogate "
+                                        f"{item[exc.start]!r} at character {exc.start}") from None
     return value
 
 
@@ -89,6 +95,8 @@ def parse_reward_request(body: bytes, limits: Limits) -> RewardRequest:
         data = json.loads(text)
     except ValueError as exc:
         raise RequestError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, "request body is JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise RequestError(422, f"request body must be a JSON object with a `query` list, got {_type(data)}")
     if "query" not in data:

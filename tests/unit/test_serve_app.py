@@ -72,6 +72,8 @@ def test_answer_has_openrlhfs_fields(client):
     (b'{"query": ["a", "b", "c", "d", "e"]}', 413, "5 queries in one request; the limit is 4"),
     (json.dumps({"query": ["x" * 1001]}).encode(), 413, "`query[0]` has 1001 characters"),
     (b" " * 5000, 413, "exceeds the limit of 4096"),
+    (b"[" * 4000, 400, "nested too deeply"),  # found by the soak: json.loads' RecursionError was a bare 500
+    (b'{"query": ["a\\ud800b"]}', 422, "`query[0]` is not valid Unicode text: lone surrogate '\\ud800' at character 1"),
 ])
 def test_bad_requests_are_refused_clearly_and_the_server_keeps_serving(client, body, status, piece):
     resp = client.post("/get_reward", content=body, headers={"Content-Type": "application/json"})
