@@ -45,10 +45,15 @@ Each problem raises `DataError`, whose message is one line "<file>, line 7: <pro
 whitespace-only, also an empty response after the HH split), wrong_type, identical
 (chosen and rejected equal after stripping), non_utf8, invalid_json (incl. a truncated
 last line), not_an_object, bom (a BOM not at the file start), no_assistant_turn,
-prompt_mismatch, no_assistant_message, label_out_of_range, bad_margin, unknown_format.
-File-level (always raised): missing_path, no_data_files, unsupported_file, unreadable,
-wrong_schema (Parquet columns absent or of the wrong type), bom (UTF-16/32 BOM),
-hub_error, no_rows (nothing read, or nothing valid left).
+prompt_mismatch, no_assistant_message, label_out_of_range, bad_margin, unknown_format,
+too_long (a text over `MAX_TEXT_CHARS` = 1,000,000 characters: a 10 MB text costs ~35 s
+and ~4 GB to tokenize before truncation), bad_unicode (a lone surrogate from a JSON
+escape such as "\\ud800"; JSON parsing depth overflow is invalid_json).
+File-level (always raised): missing_path, no_data_files, unsupported_file (also a device
+or pipe, and binary content such as gzip or Parquet under a .jsonl name), unreadable
+(incl. a truncated or corrupt gzip, named with the last line read: the rows before it
+are not used either), wrong_schema (Parquet columns absent or of the wrong type), bom
+(UTF-16/32 BOM), hub_error, no_rows (nothing read, or nothing valid left).
 
 BOM decision: a UTF-8 BOM at the very start of a JSONL file is accepted and removed
 (Windows editors write it); the file is listed in `report.bom_files`.

@@ -19,6 +19,7 @@ HH_ASSISTANT = "\n\nAssistant:"
 NLI_LABELS = ("entailment", "neutral", "contradiction")  # ids 0, 1, 2 (tiny teacher's id2label)
 NLI_UNLABELED = (-1, "-1", "-")  # SNLI: no gold label; dropped and counted, never an error
 TEXT, MESSAGES, LABEL = "text", "messages", "label"
+MAX_TEXT_CHARS = 1_000_000  # per text field; ~250k tokens, far above any max_len (see _checked)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,23 @@ def _text(row: Mapping[str, Any], name: str, fmt: str) -> str:
         raise RowProblem("wrong_type", f"field '{name}' must be a string in {fmt} format, got {type(value).__name__}{hint}")
     if not value.strip():
         raise RowProblem("empty_text", f"field '{name}' is empty or whitespace-only")
+    return _checked(value, f"field '{name}'")
+
+
+def _checked(value: str, what: str) -> str:
+    """Text the encode stage can take. A 10 MB text costs ~35 s and ~4 GB of memory to
+    tokenize and align before truncation (measured), so texts over MAX_TEXT_CHARS are
+    rejected as broken data. JSON escapes can also smuggle in lone UTF-16 surrogates
+    ("\\ud800"): valid JSON, not valid text; the fast tokenizers fail on them."""
+    if len(value) > MAX_TEXT_CHARS:
+        raise RowProblem(
+            "too_long", f"{what} is {len(value):,} characters, over the {MAX_TEXT_CHARS:,}-character limit per text "
+            "(the models read at most max_len tokens); shorten or drop the row")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = f"\\u{ord(value[e.start]):04x}"
+        raise RowProblem("bad_unicode", f"{what} has a lone surrogate {bad} at character {e.start}; not valid Unicode text")
     return value
 
 
@@ -119,7 +137,7 @@ def last_assistant(messages: Any, name: str) -> str:
         raise RowProblem("no_assistant_message", f"'{name}' has no assistant message")
     if not answers[-1].strip():
         raise RowProblem("empty_text", f"last assistant message of '{name}' is empty or whitespace-only")
-    return answers[-1]
+    return _checked(answers[-1], f"last assistant message of '{name}'")
 
 
 def convert_ultrafeedback(row: Mapping[str, Any]) -> PreferenceExample:

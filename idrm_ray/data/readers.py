@@ -14,6 +14,7 @@ import codecs
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,11 @@ _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zstd", ".lz4", ".zip", ".7z", ".t
 _LOCAL_HINTS = (".json", ".csv", ".tsv", ".arrow", ".txt") + DATA_SUFFIXES + _COMPRESSED
 _UTF8_BOM = codecs.BOM_UTF8
 _WIDE_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+# Binary content under a .jsonl name: say what it is rather than "not valid UTF-8".
+_MAGIC_KIND = {b"\x1f\x8b": "gzip-compressed", b"PAR1": "Parquet", b"PK\x03\x04": "a zip archive",
+               b"BZh": "bzip2-compressed", b"\xfd7zXZ": "xz-compressed", b"\x28\xb5\x2f\xfd": "zstd-compressed"}
+_MAGIC = tuple(_MAGIC_KIND)
+_MAGIC_FIX = {"gzip-compressed": "name it .jsonl.gz", "Parquet": "name it .parquet"}
 Row = tuple[RowRef, "dict[str, Any] | RowProblem"]
 
 
@@ -42,6 +48,7 @@ class JsonlFile:
 
     def rows(self) -> Iterator[Row]:
         opener = gzip.open if self.gz else open
+        lineno = 0
         try:
             with opener(self.path, "rb") as f:
                 for lineno, raw in enumerate(f, 1):
@@ -50,10 +57,24 @@ class JsonlFile:
                         self.blank_lines += 1
                     else:
                         yield RowRef(self.name, lineno, "line"), row
-        except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-            raise DataError(self.name, f"cannot read file: {e}", reason="unreadable") from None
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            raise DataError(self.name, self._read_problem(e, lineno), reason="unreadable") from None
+
+    def _read_problem(self, exc: BaseException, lineno: int) -> str:
+        # A truncated/corrupt gzip fails part-way: say how far it got, so nobody trains on a
+        # silently shortened file (the rows read so far are not used either).
+        if not self.gz:
+            return f"cannot read file: {exc}"
+        if isinstance(exc, gzip.BadGzipFile) and not lineno:
+            return f"not gzip data despite the .gz name ({exc}); rename it .jsonl if it is plain text"
+        where = f"after line {lineno}" if lineno else "before the first complete line"
+        return f"gzip data is truncated or corrupt {where} ({exc}); re-create or re-download the file"
 
     def _parse(self, raw: bytes, lineno: int) -> dict[str, Any] | RowProblem | None:
+        if lineno == 1 and raw.startswith(_MAGIC):
+            kind = next(k for m, k in _MAGIC_KIND.items() if raw.startswith(m))
+            fix = _MAGIC_FIX.get(kind, "convert it to .jsonl, .jsonl.gz or .parquet")
+            raise DataError(self.name, f"file content is {kind}, not JSON Lines text; {fix}", reason="unsupported_file")
         if lineno == 1 and raw.startswith(_UTF8_BOM):
             raw, self.bom = raw[len(_UTF8_BOM):], True
         elif lineno == 1 and raw.startswith(_WIDE_BOMS):
@@ -73,6 +94,8 @@ class JsonlFile:
         except json.JSONDecodeError as e:
             cut = e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string")
             return RowProblem("invalid_json", f"invalid JSON: {e.msg} (column {e.colno}){'; truncated line?' if cut else ''}")
+        except RecursionError:  # e.g. [[[[...]]]] 100k deep; the C parser gives up
+            return RowProblem("invalid_json", "invalid JSON: nested too deeply to parse")
         if not isinstance(value, dict):
             return RowProblem("not_an_object", f"expected a JSON object per line, got {type(value).__name__}")
         return value
@@ -95,7 +118,14 @@ class ParquetData:
 
     def rows(self) -> Iterator[Row]:
         index = 0
-        for batch in self._open().iter_batches(batch_size=1024):
+        batches = self._open().iter_batches(batch_size=1024)
+        while True:
+            try:  # a corrupt page fails here, mid-file: name where reading stopped
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(self.name, f"Parquet data is corrupt at or after row {index}: {e}", reason="unreadable") from None
+            if batch is None:
+                return
             for row in batch.to_pylist():
                 yield RowRef(self.name, index, "row"), row
                 index += 1
@@ -142,6 +172,8 @@ def resolve_source(source: str | os.PathLike, *, split: str | None = None, hub_k
         return _directory_files(path, split)
     if path.is_file():
         return [_open_file(path)]
+    if path.exists():
+        raise DataError(text, "not a regular file or directory (a device, pipe or socket)", reason="unsupported_file")
     if isinstance(source, os.PathLike) or _looks_local(text):
         raise DataError(text, "no such file or directory", reason="missing_path")
     return [HubData(text, split or "train", hub_kwargs)]

@@ -260,7 +260,7 @@ def test_file_level_errors(tmp_path):
         tmp_path / "no_data": "directory has no data files",
         tmp_path / "u16.jsonl": "UTF-16/UTF-32 byte-order mark",
         tmp_path / "broken.parquet": "not a readable Parquet file",
-        tmp_path / "broken.jsonl.gz": "cannot read file",
+        tmp_path / "broken.jsonl.gz": "gzip data is truncated or corrupt",
     }
     (tmp_path / "x.jsonl.bz2").write_bytes(b"BZh9")
     (tmp_path / "x.json").write_text(json.dumps(G))
