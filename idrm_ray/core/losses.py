@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from idrm_ray.core.baselines import smoothed_bt_terms
 from idrm_ray.core.types import BLOCKS, INTER_BLOCKS, INTRA_BLOCKS, BlockMaps
 
 DISTANCES = ("frobenius", "mse", "kl")
@@ -21,14 +22,16 @@ def bt_loss(
     r_rejected: torch.Tensor,
     *,
     margin: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
     num_pairs: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """METHOD.md Eq. 2, -log sigma(r_w - r_l - m) per pair (m: AM-RM margin, 0 by default),
-    summed over the (B,) pairs and divided by `num_pairs` (default B)."""
+    """METHOD.md Eq. 2, -log sigma(r_w - r_l - m) per pair (m: AM-RM margin, 0 by default;
+    `label_smoothing` α > 0: LF-RM's smoothed form), summed over the (B,) pairs and divided
+    by `num_pairs` (default B)."""
     r_chosen, r_rejected = r_chosen.float(), r_rejected.float()
     gap = r_chosen - r_rejected  # (B,)
     shifted = gap if margin is None else gap - margin.to(gap)
-    per_pair = -F.logsigmoid(shifted)  # (B,)
+    per_pair = smoothed_bt_terms(shifted, alpha=label_smoothing)  # (B,)
     loss = per_pair.sum() / (per_pair.shape[0] if num_pairs is None else num_pairs)
     metrics = {  # local means over the B pairs, whatever num_pairs is
         "l_bt": per_pair.mean().detach(),

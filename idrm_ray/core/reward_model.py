@@ -32,6 +32,7 @@ __all__ = [
     "RewardStats",
     "backbone",
     "compute_rewards",
+    "last_hidden_state",
     "last_token_index",
     "load_reward_model",
     "normalize",
@@ -94,8 +95,8 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return n - 1 - attention_mask.long().fliplr().argmax(dim=1)
 
 
-def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """METHOD.md Eq. 1: r = h_last W_r, as a (B,) fp32 tensor.
+def last_hidden_state(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, d) backbone output at each sequence's last real token (the reward token).
 
     Position ids count real tokens only (OpenRLHF, issue #217), so left and right padding
     give the same rewards and each sequence's RoPE positions start at 0.
@@ -107,7 +108,12 @@ def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
     )
     hidden = out.last_hidden_state  # (B, n, d)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
-    h_last = hidden[rows, last_token_index(attention_mask).to(hidden.device)]  # (B, d)
+    return hidden[rows, last_token_index(attention_mask).to(hidden.device)]  # (B, d)
+
+
+def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """METHOD.md Eq. 1: r = h_last W_r, as a (B,) fp32 tensor (`last_hidden_state` rules)."""
+    h_last = last_hidden_state(model, input_ids, attention_mask)  # (B, d)
     head = value_head(model)
     if head.weight.numel() == 0:
         # ZeRO-3 partitioned weight: only the module call gathers it; fp32 after the head.
