@@ -78,16 +78,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_train_config(args)
         return _run(args.command, cfg, args)
-    except ConfigError as exc:
-        print(f"idrm-ray: config error: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - data errors cross Ray boundaries wrapped
-        from idrm_ray.data import DataError, format_data_error
-
-        data_error = _find(exc, DataError)
-        if data_error is None:
+        line = bad_input_line(exc)
+        if line is None:
             raise
-        print(f"idrm-ray: data error: {format_data_error(data_error)}", file=sys.stderr)
+        print(line, file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def bad_input_line(exc: BaseException) -> str | None:
+    """The one terminal line for bad input (a config or data error, also when Ray wrapped
+    it), or None for anything else (a bug: its traceback is wanted)."""
+    from idrm_ray.data import DataError, format_data_error
+    from idrm_ray.data.errors import one_line
+
+    config_error = _find(exc, ConfigError)
+    if config_error is not None:
+        return f"idrm-ray: config error: {one_line(str(config_error))}"
+    data_error = _find(exc, DataError)
+    if data_error is None:
+        return None
+    return f"idrm-ray: data error: {format_data_error(data_error)}"
 
 
 def _run(command: str, cfg: TrainJobConfig, args: argparse.Namespace | None = None) -> int:

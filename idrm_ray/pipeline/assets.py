@@ -92,6 +92,7 @@ def nli_examples(cfg: TrainJobConfig):
         train, train_report = load_nli(bundled_path("nli_train"), max_rows=ft.max_examples)
         evals, _ = load_nli(bundled_path("nli_eval"))
         return train, evals, train_report
-    data, report = load_nli(ft.data, split=ft.split, max_rows=ft.max_examples)
+    # data.skip_bad_rows covers the NLI data too; teacher_job writes what was skipped.
+    data, report = load_nli(ft.data, split=ft.split, max_rows=ft.max_examples, skip_bad_rows=cfg.data.skip_bad_rows)
     n_eval = max(1, int(len(data) * ft.eval_fraction))
     return data[n_eval:], data[:n_eval], report

@@ -23,6 +23,8 @@ def finetune_teacher(cfg: TrainJobConfig, *, base_dir: str, out_dir: Path) -> tu
         return str(out_dir), json.loads((out_dir / "nli_metrics.json").read_text())
     ft = cfg.teacher.finetune
     train, evals, report = nli_examples(cfg)
+    if cfg.data.skip_bad_rows:
+        report.write_skipped(out_dir.parent, "skipped_nli_rows.jsonl")
     spec = TeacherFinetuneSpec(
         base_dir=base_dir, epochs=ft.epochs, lr=ft.lr, micro_batch_size=ft.batch_size,
         max_len=ft.max_len, weight_decay=ft.weight_decay, seed=ft.seed,
@@ -41,7 +43,8 @@ def finetune_teacher(cfg: TrainJobConfig, *, base_dir: str, out_dir: Path) -> tu
     with result.checkpoint.as_directory() as d:
         copy_tree(d, out_dir)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    metrics.update(nli_train_pairs=len(train), nli_unlabeled_dropped=report.nli_unlabeled_dropped)
+    metrics.update(nli_train_pairs=len(train), nli_unlabeled_dropped=report.nli_unlabeled_dropped,
+                   nli_rows_skipped=report.rows_skipped)
     (out_dir / "nli_metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"[idrm] teacher NLI accuracy {metrics.get('nli_accuracy', float('nan')):.3f} -> {out_dir}")
     return str(out_dir), metrics
