@@ -55,6 +55,18 @@ def _spec_for(row: dict[str, Any]) -> FormatSpec:
     return FORMATS[found]
 
 
+def _detect(data_file, row: dict[str, Any]) -> FormatSpec:
+    """The format from the first readable row. Where the file has a schema (Parquet, hub)
+    every row has the same fields, so an undetectable format is a whole-file problem."""
+    try:
+        return _spec_for(row)
+    except RowProblem as problem:
+        columns = data_file.columns()
+        if columns is None:
+            raise
+        raise DataError(data_file.name, f"{problem.problem} (columns: {', '.join(columns)})", reason="wrong_schema") from None
+
+
 def _check_schema(data_file, spec: FormatSpec) -> None:
     columns = data_file.columns()
     problems = schema_problems(columns, spec) if columns is not None else []
@@ -77,7 +89,7 @@ def _load(source: Source, format: str, *, split, skip_bad_rows, max_rows, hub_kw
                 if isinstance(row, RowProblem):
                     raise row
                 if spec is None:
-                    spec = _spec_for(row)
+                    spec = _detect(data_file, row)
                     report.format = spec.name
                 if not checked:  # Parquet/hub: whole-file schema check, once the format is known
                     _check_schema(data_file, spec)
@@ -109,7 +121,8 @@ def _load(source: Source, format: str, *, split, skip_bad_rows, max_rows, hub_kw
 
 def _no_rows_problem(report: LoadReport) -> str:
     if report.rows_read == 0:
-        return "no rows (the data is empty)"
+        blank = f": only {report.blank_lines} blank lines" if report.blank_lines else ""
+        return f"no rows (the data is empty){blank}"
     parts = [f"no valid rows: read {report.rows_read}"]
     if report.skipped:
         first = report.skipped[0]
