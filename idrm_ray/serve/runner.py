@@ -148,7 +148,9 @@ def _start_ray(cfg: ServeJobConfig, token: str | None) -> ServerHandle:
     # already up) stopping deletes our app and leaves Serve up for the others.
     owns_ray = not ray.is_initialized() and not s.ray_address
     if not ray.is_initialized():
-        ray.init(address=s.ray_address or None, log_to_driver=False)
+        # "local", not None: None would join whatever Ray this machine started last
+        # (/tmp/ray/ray_current_cluster), e.g. someone else's test cluster.
+        ray.init(address=s.ray_address or "local", log_to_driver=False)
     serve.start(http_options={"host": s.host, "port": s.port})
     serve.run(build_application(cfg, token), name=s.app_name, route_prefix="/", blocking=False)
     url = f"http://{_client_host(s.host)}:{s.port}"

@@ -71,7 +71,9 @@ def _start_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        # address="local": without it Ray joins the cluster this machine started last
+        # (/tmp/ray/ray_current_cluster, e.g. a ray.cluster_utils.Cluster of another test run).
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
 
 
 def _restart_ray() -> None:
