@@ -6,6 +6,7 @@
 - `deployment`: the thin Ray Serve wrapper (replicas, `@serve.batch`);
 - `runner`, `commands`: `idrm-ray serve` (start, wait healthy, smoke, stop) and the CLI wiring;
 - `loadtest`: a bounded loopback load test (N requests, C clients, a deadline);
+- `soak`: a timed loopback soak (mixed valid/invalid traffic, 5xx, p50/p99 per window, replica RSS);
 - `par_reward`: a self-contained OpenRLHF `reward_func` file (PAR shaping / authenticated passthrough);
 - `par`: precomputing PAR reference rewards with the server's scorer settings.
 

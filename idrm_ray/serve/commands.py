@@ -2,6 +2,7 @@
 
     idrm-ray serve --checkpoint DIR [--host H] [--port P] [--token-env VAR] [key=value ...]
     idrm-ray serve --checkpoint DIR --smoke               # start, answer, short load test, stop
+    idrm-ray serve --checkpoint DIR --soak 10 [--out DIR] # 10-minute soak on loopback (serve/soak.py)
     idrm-ray serve --checkpoint DIR --score-references refs.jsonl --out refs.scored.jsonl
     idrm-ray ppo --config ppo.yaml [key=value ...] [--dry-run]
 
@@ -28,8 +29,11 @@ def add_serve_commands(sub) -> None:
     p.add_argument("--token-env", help="environment variable holding the bearer token (server.token_env=...)")
     p.add_argument("--backend", choices=["ray", "plain"], help="Ray Serve (default) or one uvicorn process")
     p.add_argument("--smoke", action="store_true", help="start, score a sample, run a short load test, stop")
+    p.add_argument("--soak", type=float, metavar="MINUTES",
+                   help="start, soak with mixed valid/invalid traffic for MINUTES, report, stop (exit 1 on 5xx "
+                        "or RSS growth >= 10%%)")
     p.add_argument("--score-references", metavar="IN", help="PAR: write ref_rewards for a references JSONL")
-    p.add_argument("--out", help="output JSONL of --score-references")
+    p.add_argument("--out", help="output JSONL of --score-references; report folder of --soak")
     _common(p)
     q = sub.add_parser("ppo", help="check, print or submit OpenRLHF PPO (train_ppo_ray) against our reward model")
     q.add_argument("--dry-run", action="store_true", help="run the checks and print the command; submit nothing")
@@ -65,6 +69,13 @@ def _serve(args: argparse.Namespace) -> int:
         if not args.out:
             raise ConfigError("--score-references needs --out FILE for the scored references")
         return runner.score_references_cli(cfg, args.score_references, args.out)
+    if args.soak is not None:
+        from idrm_ray.serve.soak import soak
+
+        if args.soak <= 0:
+            raise ConfigError(f"--soak takes a positive number of minutes, got {args.soak:g}")
+        seconds = args.soak * 60
+        return soak(cfg, duration_s=seconds, out_dir=args.out, window_s=min(30.0, seconds / 10))
     return runner.serve(cfg, smoke_test=args.smoke)
 
 

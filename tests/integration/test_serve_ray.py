@@ -2,9 +2,10 @@
 rewards (its HTTP fetch and its `reward_func` file loader, from `openrlhf.utils.agent`,
 which imports on CPU), bad requests are refused through the Serve proxy and the server
 keeps serving, bearer auth switched on and off on live replicas, a bounded load test
-(2,000 requests from 16 clients) ends with 0 errors, and `idrm-ray serve --smoke`.
+(2,000 requests from 16 clients) ends with 0 errors, a 16 s soak of mixed valid and invalid
+traffic has no 5xx and only the expected 4xx, and `idrm-ray serve --smoke`.
 
-Budget: about 60 s on 2 busy cores (Serve start ~15 s, load test ~10-20 s).
+Budget: about 80 s on 2 busy cores (Serve start ~15 s, load test ~10-20 s, soak ~17 s).
 """
 from __future__ import annotations
 
@@ -153,6 +154,46 @@ def test_bounded_load_test_has_no_errors(server, capsys):
         print(f"\n[load test] Ray Serve, 1 CPU replica, tiny RM: {stats.line()} statuses={stats.statuses}")
     assert stats.errors == 0, stats.first_error
     assert stats.completed == 2000 and stats.p99_ms >= stats.p50_ms > 0
+
+
+def test_soak_mixed_traffic_has_no_5xx_and_clear_refusals(server, tmp_path, capsys):
+    """A short soak (16 s) of the live server: valid requests of varied size and length
+    mixed with every invalid case (serve/soak.py), replica RSS sampled each second."""
+    from idrm_ray.serve.protocol import Limits
+    from idrm_ray.serve.soak import invalid_cases, run_soak, serve_pids
+
+    cfg, handle = server
+    s = cfg.server
+    limits = Limits(max_body_bytes=s.max_body_bytes, max_batch=s.max_batch, max_query_chars=s.max_query_chars)
+    pids = serve_pids(s.app_name)
+    assert "proxy" in pids and any(name.startswith("replica ") for name in pids)
+    report = run_soak(handle.base_url, limits=limits, duration_s=16, window_s=4, warmup_s=4, clients=4,
+                      invalid_fraction=0.5, out_dir=tmp_path, pids=pids, max_len=cfg.model.max_len,
+                      eos_text="</s>", out=lambda line: None)
+    with capsys.disabled():
+        lat = report["latency_valid_ok"]
+        print(f"\n[soak] 16 s: {report['requests']} requests, statuses {report['statuses']}, valid p50 "
+              f"{lat['p50_ms']} ms p99 {lat['p99_ms']} ms, replica RSS growth {report['rss_growth_pct']}%")
+    assert report["5xx"] == 0 and report["transport_errors"] == 0, report["statuses"]
+    assert report["checks"]["valid_all_200"], {k: c for k, c in report["cases"].items() if c["failed"]}
+    expected = {c.name: c.expect for c in invalid_cases(limits, max_len=cfg.model.max_len, eos_text="</s>")}
+    assert len(expected) >= 20 and "specials_over_max_len" in expected
+    for name, status in expected.items():  # each invalid case sent, each answered its 4xx with a detail
+        case = report["cases"][name]
+        assert case["failed"] == 0 and case["statuses"] == {str(status): case["sent"]}, (name, case)
+        assert case["detail"].strip(), name
+    details = {name: report["cases"][name]["detail"] for name in expected}
+    assert "nested too deeply" in details["deep_nesting"] and "lone surrogate" in details["lone_surrogate"]
+    assert "9 queries in one request; the limit is 8" in details["too_many_queries"]
+    assert "exceeds the limit of 65536" in details["oversize_body"]
+    assert "missing field `query`" in details["missing_query"] and "not valid JSON" in details["malformed_json"]
+    assert [w["start_s"] for w in report["windows"]] == [0, 4, 8, 12]
+    assert all(w["requests"] > 0 and w["p99_ms"] >= w["p50_ms"] > 0 for w in report["windows"])
+    replica = next(m for name, m in report["memory"].items() if name.startswith("replica "))
+    assert replica["samples"] >= 10 and replica["warmup_mib"] > 0 and isinstance(replica["growth_pct"], float)
+    assert json.loads((tmp_path / "soak.json").read_text())["requests"] == report["requests"]
+    md = (tmp_path / "soak.md").read_text()
+    assert "| 0-4 (warm-up) |" in md and "| deep_nesting |" in md and "## Resident memory" in md
 
 
 def test_cli_smoke_plain_backend(checkpoint, capsys):
