@@ -259,6 +259,9 @@ class ResourcesConfig:
     teacher_resource_amount: float = param(1.0, "Amount of teacher_resource per actor.")
     custom_resources: Literal["auto", "require", "ignore"] = param(
         "auto", "auto: ask for the custom resources only if the cluster declares them; require: always; ignore: never.")
+    check_cluster: bool = param(
+        True, "Before any worker starts, fail if no live node can host a train worker or teacher actor "
+              "(false for autoscaling clusters whose nodes start on demand).")
 
     def __post_init__(self):
         require(self, self.num_workers >= 1, "num_workers", "must be >= 1")

@@ -18,7 +18,7 @@ from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.core.objective import IDSettings
 from idrm_ray.data import bundled_path, load_preferences
-from idrm_ray.pipeline import cluster, map_cache, outputs
+from idrm_ray.pipeline import cluster, map_cache, outputs, preflight
 from idrm_ray.pipeline.assets import prepare_student, prepare_teacher
 from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset, teacher_stream
 from idrm_ray.pipeline.spec import WorkerSpec
@@ -49,6 +49,8 @@ def load_data(cfg: TrainJobConfig, run_dir: Path):
         train, evals, eval_report = train[n_eval:], train[:n_eval], None
     if d.skip_bad_rows:
         report.write_skipped(run_dir)
+        if eval_report is not None:
+            eval_report.write_skipped(run_dir, "skipped_eval_rows.jsonl")
     counts = {"train": report.metrics(), "eval": eval_report.metrics() if eval_report else {}}
     return train, evals, counts
 
@@ -88,6 +90,7 @@ def run_train(cfg: TrainJobConfig) -> dict:
     methods = methods_to_run(cfg)
     print(f"[idrm] run folder {run_dir}: {len(train)} train / {len(evals)} eval pairs, methods {methods}")
     cluster.init_ray(cfg.resources.ray_address)
+    preflight.check_before_workers(cfg, job="train")  # models + cluster, before any worker
     student_dir = prepare_student(cfg, run_dir)
     teacher_dir, teacher_metrics = prepare_teacher(cfg, run_dir, needed="id" in methods)
     runs = []
@@ -183,6 +186,7 @@ def run_teacher(cfg: TrainJobConfig) -> dict:
     if cfg.teacher.name_or_path:
         print(f"[idrm] teacher.name_or_path={cfg.teacher.name_or_path!r} is a ready teacher; nothing to fine-tune")
         return {}
+    preflight.check_before_workers(cfg, job="teacher")
     path, metrics = prepare_teacher(cfg, run_dir, needed=True)
     print(json.dumps({"teacher": path, **metrics}, indent=2))
     return metrics
