@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--top-ns", default="1,2", help="comma-separated N grid")
             p.add_argument("--sweep-dir", default=None, help="sweep folder (default run.output_dir/run.name)")
             p.add_argument("--max-failures", type=int, default=1, help="retries per failed trial")
+            p.add_argument("--no-cache", action="store_true",
+                           help="no shared teacher-map cache: every trial runs the teacher (to compare)")
+            p.add_argument("--no-asha", action="store_true", help="no early stopping: every trial trains to the end")
     add_eval_commands(sub)
     add_serve_commands(sub)
     return parser
@@ -106,7 +109,8 @@ def _run(command: str, cfg: TrainJobConfig, args: argparse.Namespace | None = No
         from idrm_ray.tune import run_sweep
 
         run_sweep(cfg, [float(x) for x in args.lams.split(",")], [int(x) for x in args.top_ns.split(",")],
-                  sweep_dir=args.sweep_dir, max_failures=args.max_failures)
+                  sweep_dir=args.sweep_dir, max_failures=args.max_failures, use_cache=not args.no_cache,
+                  use_asha=not args.no_asha)
         return 0
     if command == "teacher":
         from idrm_ray.pipeline.driver import run_teacher

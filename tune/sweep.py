@@ -2,6 +2,7 @@
 
     python tune/sweep.py                                # reduced grid, tiny models (embedded default)
     python tune/sweep.py --lams 0.2,0.4,0.6,0.8,1.0,1.2 --top-ns 1,2,3,4 --config my.yaml k=v ...
+    python tune/sweep.py --no-cache                     # every trial runs the teacher (to compare)
 """
 from __future__ import annotations
 
@@ -21,13 +22,16 @@ def main(argv=None) -> int:
     p.add_argument("--top-ns", default="1,2")
     p.add_argument("--sweep-dir", default=None)
     p.add_argument("--max-failures", type=int, default=1)
+    p.add_argument("--no-cache", action="store_true", help="no shared teacher-map cache (each trial runs the teacher)")
+    p.add_argument("--no-asha", action="store_true", help="no early stopping")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
     cfg = load_config(TrainJobConfig, a.config, a.overrides, preset=a.preset or (None if a.config else "tiny"))
     summary = run_sweep(cfg, [float(x) for x in a.lams.split(",")], [int(x) for x in a.top_ns.split(",")],
-                        sweep_dir=a.sweep_dir, max_failures=a.max_failures)
+                        sweep_dir=a.sweep_dir, max_failures=a.max_failures, use_cache=not a.no_cache,
+                        use_asha=not a.no_asha)
     print(json.dumps({"best": summary["best"], "sweep_dir": summary["sweep_dir"],
-                      "wall_time_s": summary["wall_time_s"]}, indent=2, default=str))
+                      "wall_time_s": summary["wall_time_s"], "asha": summary["asha"]}, indent=2, default=str))
     return 0
 
 

@@ -60,6 +60,20 @@ def read_yaml(path: str | Path) -> Any:
     return _parse_yaml(p.read_text(encoding="utf-8"), str(p))
 
 
+CONFIG_DIR = "${config_dir}"
+
+
+def expand_config_dir(raw: Any, path: str | Path) -> Any:
+    """`${config_dir}` in a config file's strings -> the absolute folder holding that file, so a
+    file can name paths beside itself and work from any folder (a sweep's best_config.yaml)."""
+    folder = str(Path(path).resolve().parent)
+    if isinstance(raw, Mapping):
+        return {k: expand_config_dir(v, path) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [expand_config_dir(v, path) for v in raw]
+    return raw.replace(CONFIG_DIR, folder) if isinstance(raw, str) else raw
+
+
 def _parse_yaml(text: str, name: str) -> Any:
     try:
         data = yaml.safe_load(text)
@@ -155,7 +169,7 @@ def load_config(
     if preset:
         layers.append((read_preset(preset), f" [from preset '{preset}']"))
     if path:
-        layers.append((read_yaml(path), f" [from {path}]"))
+        layers.append((expand_config_dir(read_yaml(path), path), f" [from {path}]"))
     for raw, where in layers:
         data = merge(data, coerce_layer(cls, raw, where=where))
     if isinstance(overrides, str):

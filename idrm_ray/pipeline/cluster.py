@@ -69,8 +69,11 @@ def storage_path(cfg: TrainJobConfig, run_dir: Path) -> str:
     return cfg.run.storage_path or str((run_dir / "ray_storage").resolve())
 
 
-def fit(loop, *, loop_config: dict, datasets: dict, cfg: TrainJobConfig, run_dir: Path, name: str):
-    """Run one TorchTrainer; the same name + storage path resumes an interrupted run."""
+def fit(loop, *, loop_config: dict, datasets: dict, cfg: TrainJobConfig, run_dir: Path, name: str,
+        callbacks: list | None = None):
+    """Run one TorchTrainer; the same name + storage path resumes an interrupted run.
+    `callbacks`: Train V2 user callbacks, e.g. Tune's `TuneReportCallback` inside a sweep trial
+    (every `ray.train.report` of the workers then reaches Tune as a result)."""
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -82,6 +85,7 @@ def fit(loop, *, loop_config: dict, datasets: dict, cfg: TrainJobConfig, run_dir
             storage_path=storage_path(cfg, run_dir),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            callbacks=callbacks or None,
         ),
     )
     return trainer.fit()

@@ -109,7 +109,7 @@ def run_train(cfg: TrainJobConfig) -> dict:
     return summary
 
 
-def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_dir: Path) -> dict:
+def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_dir: Path, callbacks=None) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
@@ -133,7 +133,7 @@ def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_
     t0 = time.perf_counter()
     result = cluster.fit(
         _loop(), loop_config={"spec": spec.to_dict(), "eval_ref": eval_ref}, datasets={"train": train_ds},
-        cfg=cfg, run_dir=run_dir, name=f"{run_dir.name}-{method}",
+        cfg=cfg, run_dir=run_dir, name=f"{run_dir.name}-{method}", callbacks=callbacks,
     )
     if result.error is not None:
         raise result.error

@@ -1,9 +1,12 @@
 """Issue 7: a 2 × 2 Ray Tune sweep over λ × N on tiny settings sharing one teacher-map cache.
 
 One sweep (session Ray, `guard` timeout) is asserted on by every test here: outputs written,
-the best config parses, the teacher ran over the data once (one cache key built before the
-trials, every trial read it, `_SUCCESS` never rewritten), and a trial whose first attempt
-raises is retried without killing the sweep.
+the best config parses (portable: sweep-folder paths as `${config_dir}`), the teacher ran over
+the data once (one cache key built before the trials, every trial read it, `_SUCCESS` never
+rewritten), a trial whose first attempt raises is retried without killing the sweep, every
+periodic eval reached Tune as a result (what ASHA needs), and Tune's W&B callback wrote offline
+runs. ASHA's settings are checked on a cheap fake trainable: a clearly bad arm stops at the
+grace period while the best arm reaches its final report.
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ import pytest
 
 LAMS, TOP_NS = (0.4, 1.0), (1, 2)
 TINY = ["data.max_pairs=64", "optim.epochs=1", "optim.max_steps=4", "optim.global_batch_size=8",
-        "optim.micro_batch_size=8", "run.eval_every=0", "run.log_every=1", "teacher.name_or_path=tiny",
-        "logging.wandb_mode=disabled"]
+        "optim.micro_batch_size=8", "run.eval_every=2", "run.log_every=1", "teacher.name_or_path=tiny",
+        "logging.wandb_mode=offline"]  # evals at steps 2 and 4
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +41,33 @@ def test_outputs_written(sweep):
     assert {(float(r["lam"]), int(r["top_n"])) for r in rows} == {(l, n) for l in LAMS for n in TOP_NS}
     assert all(r["eval_accuracy"] not in ("", None) for r in rows), rows
     best = json.loads((d / "best.json").read_text())
-    assert Path(best["checkpoint_path"]).is_dir()
-    assert best["eval_accuracy"] == max(float(r["eval_accuracy"]) for r in rows)
+    assert Path(best["checkpoint_path"]).is_dir() and best["completed"]
+    done = [r for r in rows if r["completed"] == "True"]
+    assert best["eval_accuracy"] == max(float(r["eval_accuracy"]) for r in done)
     assert sweep["max_concurrent_trials"] >= 1
+
+
+def test_every_eval_reaches_tune(sweep):
+    """TuneReportCallback: each periodic eval is a Tune result with its step (ASHA's time axis)."""
+    asha = sweep["asha"]
+    assert asha["enabled"] and asha["time_attr"] == "step" and asha["evals_per_trial"] == 2
+    assert asha["max_t"] == 5 and asha["grace_period"] == 2
+    done = [r for r in sweep["trials"] if r["completed"]]
+    assert done, sweep["trials"]
+    for r in done:  # evals at steps 2 and 4 (the last with the checkpoint), then the trial's own report
+        assert r["eval_steps"] == [2, 4] and r["reports"] == 3 and r["steps"] == 4, r
+    for r in sweep["trials"]:
+        if r["stopped_early"]:  # ASHA stopped it at the rung: one eval, no checkpoint
+            assert r["eval_steps"] == [2] and r["checkpoint_path"] is None, r
+    assert sweep["asha"]["stopped_early"] == sum(r["stopped_early"] for r in sweep["trials"])
+
+
+def test_wandb_offline_runs(sweep):
+    wandb_dir = Path(sweep["wandb_dir"])
+    runs = sorted(wandb_dir.glob("**/offline-run-*"))
+    assert runs, list(wandb_dir.rglob("*"))[:20]
+    assert all(list(r.glob("*.wandb")) for r in runs), runs
+    assert len(runs) >= len(sweep["trials"])  # one W&B run per trial (a retried trial may add one)
 
 
 def test_best_config_parses(sweep):
@@ -53,6 +80,10 @@ def test_best_config_parses(sweep):
     assert cfg.method.name == "id" and not cfg.method.compare_bt
     assert cfg.method.id.lam == best["lam"] and cfg.method.id.top_n == best["top_n"]
     assert cfg.teacher.cache_dir and cfg.teacher.cache_blocks == max(TOP_NS)
+    # portable: no absolute sweep-folder path in the file; the loader resolves them beside it
+    text = (d / "best_config.yaml").read_text()
+    assert str(d) not in text and "${config_dir}/map_cache" in text
+    assert Path(cfg.teacher.cache_dir) == d / "map_cache" and Path(cfg.student.name_or_path).parent.parent == d
 
 
 def test_teacher_maps_computed_once(sweep):
@@ -85,3 +116,33 @@ def test_best_config_trains_from_cache(sweep, guard, tmp_path):
     assert summary["runs"][0]["eval_accuracy"] is not None
     cache_root = Path(cfg.teacher.cache_dir)
     assert sorted(p.name for p in cache_root.iterdir() if not p.name.startswith(".")) == [sweep["cache"]["key"]]
+
+
+def test_asha_stops_a_bad_arm_early(ray_session, guard, tmp_path):
+    """The sweep's ASHA settings on a fake trial (reports like the embedded default: eval every
+    50 of 750 steps, then the trial's own final report): the bad arm stops at the grace period,
+    the best arm is not cut at its last eval (max_t is past the last step) and reports `completed`."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from idrm_ray.tune.sweep import asha_schedule
+
+    a = asha_schedule(750, 50)
+    assert (a["grace_period"], a["max_t"], a["evals_per_trial"]) == (150, 751, 15)
+
+    def fake_trial(config):
+        for step in range(50, 751, 50):
+            tune.report({"eval_accuracy": config["q"] * (1 - 0.5 ** (step / 100)), "step": step})
+        tune.report({"eval_accuracy": config["q"], "step": 750, "completed": True})
+
+    scheduler = ASHAScheduler(time_attr=a["time_attr"], max_t=a["max_t"], grace_period=a["grace_period"],
+                              reduction_factor=a["reduction_factor"])
+    tuner = tune.Tuner(
+        tune.with_resources(fake_trial, {"CPU": 0.01}), param_space={"q": tune.grid_search([0.9, 0.2])},
+        tune_config=tune.TuneConfig(metric="eval_accuracy", mode="max", scheduler=scheduler, max_concurrent_trials=1),
+        run_config=tune.RunConfig(name="asha", storage_path=str(tmp_path)),
+    )
+    grid = guard(tuner.fit, timeout_s=120, what="asha on a fake trial")
+    last = {r.config["q"]: r.metrics for r in grid}
+    assert last[0.9]["step"] == 750 and last[0.9].get("completed") is True
+    assert last[0.2]["step"] == 150 and not last[0.2].get("completed")
