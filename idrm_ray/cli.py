@@ -5,6 +5,8 @@
     idrm-ray train --preset llama3_8b_hh resources.ray_address=auto
     idrm-ray teacher                                # only the NLI teacher fine-tune
     idrm-ray train --help-config                    # every key, type, default and help
+    idrm-ray train method.name=lf                   # a baseline: am, lf, warm, inform, id+am, id+lf, id+warm
+    idrm-ray compare --methods all,ablations --seeds 0,1,2   # Tables 2/3: methods x seeds
     idrm-ray eval --checkpoint DIR --data SRC       # accuracy, significance, diagnostics
     idrm-ray report RUN_DIR [RUN_DIR ...]           # runs side by side
     idrm-ray serve --checkpoint DIR [--smoke]       # reward server (OpenRLHF remote protocol)
@@ -33,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         ("train", "train reward models (BT / ID-RM); the embedded default with no arguments"),
         ("teacher", "fine-tune the NLI teacher only (same config tree as train)"),
         ("tune", "Ray Tune sweep over λ × N sharing one teacher-map cache (reduced tiny grid by default)"),
+        ("compare", "train methods x seeds on the same data and write the Table 2/3 comparison"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML config file (applied over the preset)")
@@ -48,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--no-cache", action="store_true",
                            help="no shared teacher-map cache: every trial runs the teacher (to compare)")
             p.add_argument("--no-asha", action="store_true", help="no early stopping: every trial trains to the end")
+        if name == "compare":
+            p.add_argument("--methods", default="all", help="comma-separated methods and ablations; `all` (the 9 "
+                           "methods), `table2`, `ablations` (id-no-intra, id-no-inter, id-no-nli, id-alt-teacher)")
+            p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+            p.add_argument("--eval", action="append", default=None, metavar="SRC",
+                           help="eval set (path, HF id or `bundled`; repeatable); default: the run's eval pairs by kind")
+            p.add_argument("--compare-dir", default=None, help="output folder (default run.output_dir/run.name)")
     add_eval_commands(sub)
     add_serve_commands(sub)
     return parser
@@ -58,6 +68,10 @@ def load_train_config(args: argparse.Namespace) -> TrainJobConfig:
     if args.output_dir:
         overrides.append(f"run.output_dir={args.output_dir}")
     preset = args.preset or (None if args.config else "tiny")
+    if args.command == "compare" and preset == "tiny" and not args.config:
+        from idrm_ray.compare.job import EMBEDDED_DEFAULTS
+
+        overrides = [*EMBEDDED_DEFAULTS, *overrides]
     return load_config(TrainJobConfig, args.config, overrides, preset=preset)
 
 
@@ -111,6 +125,16 @@ def _run(command: str, cfg: TrainJobConfig, args: argparse.Namespace | None = No
         run_sweep(cfg, [float(x) for x in args.lams.split(",")], [int(x) for x in args.top_ns.split(",")],
                   sweep_dir=args.sweep_dir, max_failures=args.max_failures, use_cache=not args.no_cache,
                   use_asha=not args.no_asha)
+        return 0
+    if command == "compare":
+        from idrm_ray.compare import parse_variants, run_compare
+
+        try:
+            variants = parse_variants(args.methods)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        run_compare(cfg, variants, [int(x) for x in args.seeds.split(",")], out_dir=args.compare_dir,
+                    eval_sources=args.eval)
         return 0
     if command == "teacher":
         from idrm_ray.pipeline.driver import run_teacher

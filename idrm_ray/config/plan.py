@@ -51,7 +51,7 @@ def make_plan(cfg: TrainJobConfig, num_train_pairs: int) -> TrainPlan:
     if opt.max_steps is not None:
         total = min(total, opt.max_steps)
     precision = _resolve(cfg.deepspeed.precision, gpu=res.use_gpu)
-    distill = cfg.method.name == "id" and cfg.method.id.lam > 0
+    distill = cfg.method.distills and cfg.method.id.lam > 0
     return TrainPlan(
         world_size=world,
         micro_batch_size=micro,

@@ -149,11 +149,15 @@ class DataConfig:
     max_pairs: int | None = param(None, "Use at most this many training pairs (null: all).")
     skip_bad_rows: bool = param(False, "Skip and count bad rows instead of failing on the first one.")
     seed: int = param(0, "Seed of the eval split and shuffling.")
+    shuffle_buffer: int = param(
+        0, "Shuffle the training stream in a buffer of this many pairs, seeded by optim.seed and the epoch "
+           "(0: the stream's order). Seeds then differ in data order as well as in init.")
 
     def __post_init__(self):
         require(self, bool(self.train.strip()), "train", "give a path, an HF dataset id or `bundled`")
         require(self, 0 <= self.eval_fraction < 1, "eval_fraction", "must be in [0, 1)")
         require(self, self.max_pairs is None or self.max_pairs >= 1, "max_pairs", "use null for all, or >= 1")
+        require(self, self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0 (0: no shuffle)")
 
 
 @dataclass(frozen=True)
@@ -185,13 +189,106 @@ class IDConfig:
                 "pre_rope keys apply to the separate mode only; set inter_keys=post_rope or mode=separate")
 
 
+METHODS = ("bt", "id", "am", "lf", "warm", "inform", "id+am", "id+lf", "id+warm")
+
+
+@dataclass(frozen=True)
+class AMConfig:
+    """AM-RM (METHOD.md §10): loss -log σ(Δr - m) with a per-pair margin m."""
+
+    source: Literal["auto", "rating", "ensemble"] = param(
+        "auto", "Margin from the data's rating field (`margin`), from the ensemble preference strength "
+                "max(μ̂, 0), or auto: the rating when every training pair has one, else the ensemble.")
+    scale: float = param(1.0, "Multiply every margin by this (Llama-2's `Margin Small` is 1/3 of `Large`).")
+
+    def __post_init__(self):
+        require(self, self.scale >= 0, "scale", "must be >= 0 (0 turns AM into BT)")
+
+
+@dataclass(frozen=True)
+class LFConfig:
+    """LF-RM (METHOD.md §10, Secrets-II recipe): swap chosen/rejected where the ensemble's
+    mean reward gap μ̂ is below `threshold`, then train with label smoothing α."""
+
+    smoothing: float = param(0.1, "Label smoothing α of the final RM (0: plain BT on the flipped data).")
+    threshold: float = param(0.0, "Flip pairs whose mean ensemble gap μ̂ is below this.")
+    max_flip_fraction: float = param(1.0, "Flip at most this fraction of pairs (the lowest μ̂; Secrets-II: 0.2).")
+
+    def __post_init__(self):
+        require(self, 0 <= self.smoothing < 1, "smoothing", "α must be in [0, 1)")
+        require(self, 0 <= self.max_flip_fraction <= 1, "max_flip_fraction", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class WARMConfig:
+    """WARM (METHOD.md §10): average M reward models fine-tuned from the same init."""
+
+    variant: Literal["members", "checkpoints"] = param(
+        "members", "members: M runs with diverse seeds / data orders / learning rates, averaged; "
+                   "checkpoints: the cheap variant, the average of the last checkpoints along one run.")
+    lr_multipliers: tuple[float, ...] = param((1.0, 0.7, 1.4), "Member i trains with lr x multipliers[i % len].")
+    checkpoints: int = param(5, "Checkpoints averaged by the `checkpoints` variant (evenly spaced over the run).")
+
+    def __post_init__(self):
+        require(self, len(self.lr_multipliers) >= 1 and all(m > 0 for m in self.lr_multipliers),
+                "lr_multipliers", "give at least one positive multiplier, e.g. [1.0, 0.7, 1.4]")
+        require(self, self.checkpoints >= 1, "checkpoints", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class InfoRMConfig:
+    """InfoRM (METHOD.md §10): IB head Linear(d->2k), z = μ + σε in training, μ in eval,
+    Linear(k->1); loss -log σ(Δr) + β·KL."""
+
+    latent_dim: int = param(512, "Latent size k (InfoRM's LLaMA3-8B script: 512).")
+    beta: float = param(1.0, "β, weight of the KL term (`kl_loss_coef`).")
+    kl_form: Literal["dim_mean", "per_dim"] = param(
+        "dim_mean", "KL on latents averaged over dimensions (InfoRM's code) or the per-dimension KL.")
+
+    def __post_init__(self):
+        require(self, self.latent_dim >= 1, "latent_dim", "must be >= 1")
+        require(self, self.beta >= 0, "beta", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """The M reward models behind LF flips, AM proxy margins and WARM members; they run as
+    parallel Ray Train runs, as many at once as the student resources allow."""
+
+    members: int = param(3, "M (Secrets-II uses 10 for LF; WARM's paper 5-10).")
+    max_steps: int | None = param(None, "Optimizer steps per member (null: as optim).")
+    concurrency: int = param(0, "Members trained at once (0: as many as the cluster's student resources fit).")
+
+    def __post_init__(self):
+        require(self, self.members >= 1, "members", "must be >= 1")
+        require(self, self.max_steps is None or self.max_steps >= 1, "max_steps", "use null, or >= 1")
+        require(self, self.concurrency >= 0, "concurrency", "must be >= 0 (0: automatic)")
+
+
 @dataclass(frozen=True)
 class MethodConfig:
-    """Which reward-model objective to train (baselines plug in here by name)."""
+    """Which reward-model objective to train: ID-RM, the paper's baselines and their combinations."""
 
-    name: Literal["bt", "id"] = param("id", "`bt`: Bradley-Terry only (Eq. 2); `id`: BT + λ·L_ID (Eq. 3).")
-    compare_bt: bool = param(False, "With name=id, also train a BT student on the same data and report both.")
+    name: Literal["bt", "id", "am", "lf", "warm", "inform", "id+am", "id+lf", "id+warm"] = param(
+        "id", "`bt`: Bradley-Terry (Eq. 2); `id`: BT + λ·L_ID (Eq. 3); baselines `am`, `lf`, `warm`, `inform` "
+              "(METHOD.md §10); `id+am`, `id+lf`, `id+warm`: ID combined with them (Table 3).")
+    compare_bt: bool = param(False, "With any method but bt, also train a BT student on the same data and report both.")
     id: IDConfig = section(IDConfig)
+    am: AMConfig = section(AMConfig)
+    lf: LFConfig = section(LFConfig)
+    warm: WARMConfig = section(WARMConfig)
+    inform: InfoRMConfig = section(InfoRMConfig)
+    ensemble: EnsembleConfig = section(EnsembleConfig)
+
+    @property
+    def distills(self) -> bool:
+        """Whether the final RM trains with L_ID (needs the teacher)."""
+        return self.name == "id" or self.name.startswith("id+")
+
+    @property
+    def baseline(self) -> str:
+        """The baseline part of the name: bt, am, lf, warm or inform (`id` alone: bt)."""
+        return self.name.split("+")[-1] if "+" in self.name else ("bt" if self.name == "id" else self.name)
 
 
 @dataclass(frozen=True)
@@ -333,7 +430,7 @@ class TrainJobConfig:
         self._check_batch()
         require(self, self.resources.use_gpu or self.deepspeed.precision in ("auto", "fp32"), "deepspeed.precision",
                 "CPU training runs in fp32: set deepspeed.precision=fp32 (or auto), or resources.use_gpu=true")
-        if self.method.name == "id":
+        if self.method.distills:
             self._check_top_n()
         require(self, not self.teacher.is_tiny or self.teacher.max_len <= 512, "teacher.max_len",
                 "the tiny teacher has 512 positions: set teacher.max_len <= 512")

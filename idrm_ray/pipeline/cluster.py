@@ -21,13 +21,15 @@ from idrm_ray.pipeline.dataset import ExactlyOnceDataConfig, StagePlacement
 def init_ray(address: str) -> None:
     """Join `address` (e.g. `auto` under `ray job submit`) or start Ray in process.
     Locally we declare at least 4 logical CPUs: the stages ask for CPU fractions, and
-    2-core machines would otherwise leave Ray Data no budget (STACK_NOTES.md)."""
+    2-core machines would otherwise leave Ray Data no budget (STACK_NOTES.md). With no
+    address, a new local Ray starts even when another one runs on this machine (`ray start`):
+    joining it by accident would run the job under someone else's resources."""
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):  # a cluster (e.g. under `ray job submit`)
         ray.init(address=address or None, log_to_driver=True)
     else:
-        context = ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=True)
+        context = ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), log_to_driver=True)
         if context.dashboard_url:  # the Ray Data operators and idrm_* metrics show up there
             print(f"[idrm] Ray dashboard: http://{context.dashboard_url}")
 
@@ -63,6 +65,21 @@ def stage_placement(cfg: TrainJobConfig) -> StagePlacement:
         teacher_concurrency=tuple(res.teacher_concurrency),
         teacher_batch_size=cfg.teacher.batch_size,
     )
+
+
+def runs_that_fit(cfg: TrainJobConfig) -> int:
+    """Train runs (workers + a teacher actor) that fit at once: GPUs, or CPUs (physical on a
+    local machine: Ray's logical 4 on 2 cores would over-subscribe, STACK_NOTES.md)."""
+    res = cfg.resources
+    if res.use_gpu:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        need = res.num_workers * res.gpus_per_worker + res.teacher_num_gpus
+        return max(1, int(gpus // max(need, 1e-9)))
+    cpus = ray.cluster_resources().get("CPU", 1)
+    if not (res.ray_address or os.environ.get("RAY_ADDRESS")):
+        cpus = min(cpus, os.cpu_count() or 1)
+    need = res.num_workers * res.cpus_per_worker + res.teacher_num_cpus
+    return max(1, int(cpus // max(need, 1e-9)))
 
 
 def storage_path(cfg: TrainJobConfig, run_dir: Path) -> str:

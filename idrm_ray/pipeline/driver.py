@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,11 @@ import ray
 from idrm_ray.config import dump_config
 from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
-from idrm_ray.core.objective import IDSettings
+from idrm_ray.core.objective import BTSettings, IDSettings
 from idrm_ray.data import bundled_path, load_preferences
 from idrm_ray.pipeline import cluster, map_cache, outputs, preflight
 from idrm_ray.pipeline.assets import prepare_student, prepare_teacher
+from idrm_ray.pipeline.checkpointing import model_dir as ckpt_model_dir
 from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset, teacher_stream
 from idrm_ray.pipeline.spec import WorkerSpec
 from idrm_ray.pipeline.stages import EncodeStage
@@ -55,15 +57,22 @@ def load_data(cfg: TrainJobConfig, run_dir: Path):
     return train, evals, counts
 
 
-def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad_id: int, run_dir: Path) -> WorkerSpec:
-    o = cfg.optim
-    ids = IDSettings(**dump_config(cfg.method.id)) if method == "id" else None
-    return WorkerSpec(
+def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad_id: int, run_dir: Path,
+                **overrides) -> WorkerSpec:
+    """The worker's values for one run of `method` (bt, id, am, lf, inform, id+am, id+lf; an
+    ensemble member is a bt or id run with `overrides` such as seed, lr or max_steps)."""
+    o, m = cfg.optim, cfg.method
+    base = method.split("+")[-1] if "+" in method else method
+    ids = IDSettings(**dump_config(m.id)) if method == "id" or method.startswith("id+") else None
+    bt = BTSettings(label_smoothing=m.lf.smoothing if base == "lf" else 0.0,
+                    ib_beta=m.inform.beta if base == "inform" else 0.0, kl_form=m.inform.kl_form)
+    spec = WorkerSpec(
         method=method, student_dir=student_dir, pad_id=pad_id, id_settings=ids,
+        use_margin=base == "am", bt_settings=bt, ib_latent_dim=m.inform.latent_dim if base == "inform" else 0,
         lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), schedule=o.schedule,
         warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, max_steps=o.max_steps, epochs=o.epochs,
         micro_batch_size=plan.micro_batch_size, grad_accum_steps=plan.grad_accum_steps,
-        max_grad_norm=o.max_grad_norm, seed=o.seed,
+        max_grad_norm=o.max_grad_norm, seed=o.seed, shuffle_buffer=cfg.data.shuffle_buffer,
         strategy="deepspeed" if cfg.deepspeed.enabled else "torch", zero_stage=cfg.deepspeed.zero_stage,
         precision=plan.precision, offload_optimizer=cfg.deepspeed.offload_optimizer,
         offload_params=cfg.deepspeed.offload_params,
@@ -73,11 +82,12 @@ def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad
         run_name=run_dir.name, wandb_project=cfg.logging.wandb_project, wandb_mode=cfg.logging.wandb_mode,
         wandb_dir=str(run_dir),
     )
+    return replace(spec, **overrides)
 
 
 def methods_to_run(cfg: TrainJobConfig) -> list[str]:
-    if cfg.method.name == "id" and cfg.method.compare_bt:
-        return ["bt", "id"]
+    if cfg.method.compare_bt and cfg.method.name != "bt":
+        return ["bt", cfg.method.name]
     return [cfg.method.name]
 
 
@@ -92,11 +102,11 @@ def run_train(cfg: TrainJobConfig) -> dict:
     cluster.init_ray(cfg.resources.ray_address)
     preflight.check_before_workers(cfg, job="train")  # models + cluster, before any worker
     student_dir = prepare_student(cfg, run_dir)
-    teacher_dir, teacher_metrics = prepare_teacher(cfg, run_dir, needed="id" in methods)
+    teacher_dir, teacher_metrics = prepare_teacher(cfg, run_dir, needed=cfg.method.distills)
     runs = []
     for method in methods:
-        runs.append(train_one(cfg, plan, method=method, student_dir=student_dir, teacher_dir=teacher_dir,
-                              train=train, evals=evals, run_dir=run_dir))
+        runs += run_method(cfg, plan, method=method, student_dir=student_dir, teacher_dir=teacher_dir,
+                           train=train, evals=evals, run_dir=run_dir)
     summary = {
         "run_dir": str(run_dir),
         "wall_time_s": time.perf_counter() - t_start,
@@ -109,11 +119,19 @@ def run_train(cfg: TrainJobConfig) -> dict:
     return summary
 
 
-def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_dir: Path, callbacks=None) -> dict:
+def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_dir: Path,
+              out_name: str | None = None, spec_overrides: dict | None = None, keep_checkpoints: bool = False,
+              callbacks: list | None = None) -> dict:
+    """One TorchTrainer run of `method` over `train`; its folder is run_dir/(out_name or method).
+    `keep_checkpoints`: the row also lists every kept checkpoint's model directory (WARM's
+    checkpoint-average variant)."""
     from transformers import AutoTokenizer
 
+    out_name = out_name or method
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    spec = worker_spec(cfg, plan, method=method, student_dir=student_dir, pad_id=tokenizer.pad_token_id, run_dir=run_dir)
+    spec = worker_spec(cfg, plan, method=method, student_dir=student_dir, pad_id=tokenizer.pad_token_id,
+                       run_dir=run_dir, **(spec_overrides or {}))
+    distill = spec.id_settings is not None
     placement = cluster.stage_placement(cfg)
     t = cfg.student.template
     encode_kwargs = dict(
@@ -124,20 +142,23 @@ def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_
     # Units only matter where teacher maps are compared: BT training and every eval encode
     # with the student tokenizer standing in for the teacher (identity units, no extra tokenizing).
     student_only = {**encode_kwargs, "teacher_tokenizer_dir": None}
-    train_kwargs = encode_kwargs if method == "id" else student_only
+    train_kwargs = encode_kwargs if distill else student_only
     train_ds = encoded_stream(examples_dataset(train), encode_kwargs=train_kwargs, placement=placement)
-    if method == "id":
+    if distill:
         train_ds = teacher_maps_stream(cfg, train_ds, train=train, teacher_dir=teacher_dir, student_dir=student_dir,
                                        encode_kwargs=encode_kwargs, placement=placement)
     eval_ref = ray.put(encode_eval(evals, student_only))
     t0 = time.perf_counter()
     result = cluster.fit(
         _loop(), loop_config={"spec": spec.to_dict(), "eval_ref": eval_ref}, datasets={"train": train_ds},
-        cfg=cfg, run_dir=run_dir, name=f"{run_dir.name}-{method}", callbacks=callbacks,
+        cfg=cfg, run_dir=run_dir, name=f"{run_dir.name}-{out_name}".replace("+", "_").replace("/", "-"), callbacks=callbacks,
     )
     if result.error is not None:
         raise result.error
-    return outputs.collect_method(run_dir / method, result, method=method, wall_s=time.perf_counter() - t0)
+    row = outputs.collect_method(run_dir / out_name, result, method=method, wall_s=time.perf_counter() - t0)
+    if keep_checkpoints:
+        row["checkpoints"] = [str(ckpt_model_dir(c.path)) for c, _ in result.best_checkpoints]
+    return row
 
 
 def teacher_maps_stream(cfg, encoded, *, train, teacher_dir, student_dir, encode_kwargs, placement):
@@ -170,6 +191,12 @@ def encode_eval(evals, encode_kwargs: dict) -> list[dict]:
         })
         rows += [{k: v[i] for k, v in batch.items()} for i in range(len(chunk))]
     return rows
+
+
+def run_method(cfg, plan, **kwargs) -> list[dict]:
+    from idrm_ray.pipeline.methods import run_method as run
+
+    return run(cfg, plan, **kwargs)
 
 
 def _loop():

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import ray
@@ -86,15 +87,27 @@ def read_or_build(stream_fn, *, root: str, key: str, num_blocks: int, needed: in
     teacher stage over N_max=`num_blocks` blocks) when the key is absent."""
     path = Path(root) / key
     if not (path / "_SUCCESS").exists():
-        tmp = Path(root) / f".{key}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(root) / f".{key}.tmp-{os.getpid()}-{time.monotonic_ns()}"
         stream_fn().map_batches(split_block_columns, batch_format="numpy", num_cpus=0.1).write_parquet(str(tmp))
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
-        (path / "_SUCCESS").write_text(json.dumps({"num_blocks": num_blocks, "key": key}))
+        (tmp / "_SUCCESS").write_text(json.dumps({"num_blocks": num_blocks, "key": key}))
+        _publish(tmp, path)
         print(f"[idrm] teacher maps cached at {path}")
     else:
         print(f"[idrm] teacher maps read from cache {path}")
     if needed > cached_blocks(path):
         raise ValueError(f"cache {path} holds {cached_blocks(path)} blocks, the run needs {needed}")
     return ray.data.read_parquet(str(path), columns=columns_for(needed))
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Move a complete cache into place. Runs in parallel (compare, Tune) may build the same
+    key at once: the first to publish wins and the others drop their copy, so a cache
+    another run is already reading is never replaced under it."""
+    if path.exists() and not (path / "_SUCCESS").exists():
+        shutil.rmtree(path, ignore_errors=True)  # an incomplete leftover of an older format
+    try:
+        tmp.rename(path)
+    except OSError:
+        if not (path / "_SUCCESS").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from idrm_ray.core.objective import IDSettings
+from idrm_ray.core.objective import BTSettings, IDSettings
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    method: str  # "bt" | "id" (baselines plug in here)
+    method: str  # the run's name in logs: a method (bt, id, am, lf, inform, id+am, ...) or an ensemble member
     student_dir: str  # HF directory of the initial reward model (backbone + score head)
     pad_id: int
     id_settings: IDSettings | None  # None for BT
-    use_margin: bool = False  # feed the data's rating margins to the BT loss (AM-RM)
+    use_margin: bool = False  # feed the pairs' margins to the BT loss (AM-RM)
+    bt_settings: BTSettings = field(default_factory=BTSettings)  # LF smoothing, InfoRM β
+    ib_latent_dim: int = 0  # InfoRM's IB head with this latent size (0: the plain `score` head)
+    shuffle_buffer: int = 0  # seeded local shuffle of the stream (ensemble members' data orders)
     # optimisation (values from the plan, METHOD.md §7 defaults)
     lr: float = 1e-5
     weight_decay: float = 0.0
@@ -58,5 +61,7 @@ class WorkerSpec:
         d = dict(d)
         if d.get("id_settings") is not None and not isinstance(d["id_settings"], IDSettings):
             d["id_settings"] = IDSettings(**d["id_settings"])
+        if isinstance(d.get("bt_settings"), dict):
+            d["bt_settings"] = BTSettings(**d["bt_settings"])
         d["betas"] = tuple(d.get("betas", (0.9, 0.95)))
         return cls(**d)

@@ -14,8 +14,9 @@ import ray
 import ray.train
 import torch
 
+from idrm_ray.core.baselines import IBRewardHead, fold_ib_state
 from idrm_ray.core.objective import RewardForward, preference_loss
-from idrm_ray.core.reward_model import load_reward_model, save_reward_model
+from idrm_ray.core.reward_model import VALUE_HEAD_PREFIX, load_reward_model, save_reward_model
 from idrm_ray.pipeline import checkpointing as ckpt
 from idrm_ray.pipeline.ingest import (
     map_bytes_stats,
@@ -38,7 +39,9 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(progress.epoch, spec.epochs):
         progress.epoch = epoch
         stream = train_shard.iter_batches(
-            batch_size=spec.micro_batch_size, batch_format="numpy", prefetch_batches=spec.prefetch_batches
+            batch_size=spec.micro_batch_size, batch_format="numpy", prefetch_batches=spec.prefetch_batches,
+            local_shuffle_buffer_size=spec.shuffle_buffer or None,
+            local_shuffle_seed=spec.seed + epoch if spec.shuffle_buffer else None,
         )
         for micro, item in enumerate(synced_batches(stream, run.strategy.all_reduce_sum)):
             if micro < progress.micro_in_epoch:
@@ -67,12 +70,16 @@ class _WorkerRun:
             max_grad_norm=spec.max_grad_norm, offload_optimizer=spec.offload_optimizer,
             offload_params=spec.offload_params,
         )
-        optimizer, self.scheduler = _optimizer(self.model, spec)
-        self.engine = self.strategy.prepare(RewardForward(self.model).to(self.device), optimizer, self.scheduler)
+        # InfoRM: the IB head replaces the `score` layer in training; saved folded into it.
+        self.ib_head = IBRewardHead(self.model.config.hidden_size, spec.ib_latent_dim) if spec.ib_latent_dim else None
+        module = RewardForward(self.model, head=self.ib_head).to(self.device)
+        optimizer, self.scheduler = _optimizer(module, spec)
+        self.engine = self.strategy.prepare(module, optimizer, self.scheduler)
         self.progress = self._resume()
         self.monitor = StudentMonitor(method=spec.method)
         self.wandb = _wandb(spec) if self.strategy.rank == 0 else None
         self.acc = StepAccumulator()
+        self.saved_step = -1  # step of the last checkpoint this process reported
 
     def done(self) -> bool:
         """Only an explicit step cap stops early: with uneven shards an epoch can take more
@@ -90,7 +97,8 @@ class _WorkerRun:
         # Data-parallel normaliser (STYLE.md §1): DDP/DeepSpeed average over ranks.
         num_pairs = global_pairs / strategy.world_size
         loss, metrics = preference_loss(
-            self.model, batch, teacher, settings=spec.id_settings, num_pairs=num_pairs, forward=self.engine
+            self.model, batch, teacher, settings=spec.id_settings, num_pairs=num_pairs, forward=self.engine,
+            bt=spec.bt_settings, ib_head=self.ib_head,
         )
         metrics.update(truncation_stats(item.batch))
         if teacher is not None:
@@ -133,6 +141,8 @@ class _WorkerRun:
 
     def evaluate_and_checkpoint(self, *, final: bool, save: bool = True) -> None:
         progress = self.progress
+        if final and self.saved_step == progress.step and not self.acc.steps:
+            return  # the last step was evaluated and checkpointed already (epoch end on a due step)
         if final and self.acc.steps:
             progress.history.append(self.acc.flush(self.strategy, step=progress.step, lr=None))
         metrics = self.evaluate()
@@ -153,12 +163,14 @@ class _WorkerRun:
             ray.train.report(metrics)
 
     def _save_checkpoint(self, metrics: dict) -> None:
+        self.saved_step = self.progress.step
         with tempfile.TemporaryDirectory() as tmp:
             state = self.strategy.consolidated_state_dict()  # a collective: every rank calls it
+            state, extra = _model_state(state)
             if self.strategy.rank == 0:
                 save_reward_model(
                     self.model, _tokenizer(self.spec.student_dir), ckpt.model_dir(tmp),
-                    state_dict=_strip_prefix(state), metadata={"method": self.spec.method, **metrics},
+                    state_dict=state, metadata={"method": self.spec.method, **metrics, **extra},
                 )
                 ckpt.write_progress(tmp, self.progress)
             self.strategy.save_state(ckpt.state_dir(tmp))
@@ -230,7 +242,8 @@ def _wandb(spec: WorkerSpec) -> WandbLogger | None:
 def _optimizer(model: torch.nn.Module, spec: WorkerSpec):
     from transformers import get_scheduler
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
     scheduler = get_scheduler(
         "constant_with_warmup" if spec.schedule == "constant" else spec.schedule,
         optimizer,
@@ -240,11 +253,18 @@ def _optimizer(model: torch.nn.Module, spec: WorkerSpec):
     return optimizer, scheduler
 
 
-def _strip_prefix(state: dict | None) -> dict | None:
-    """The engine wraps the HF model as RewardForward.model: drop that prefix for saving."""
+def _model_state(state: dict | None) -> tuple[dict | None, dict]:
+    """The HF model's state from the engine's (RewardForward: `model.*`, InfoRM's `head.*`
+    folded into the `score` weight), plus metadata about the fold."""
     if state is None:
-        return None
-    return {k.removeprefix("model."): v for k, v in state.items()}
+        return None, {}
+    head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+    model = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    if not head:
+        return model, {}
+    weight, bias = fold_ib_state(head)
+    model[f"{VALUE_HEAD_PREFIX}.weight"] = weight.to(model[f"{VALUE_HEAD_PREFIX}.weight"].dtype)
+    return model, {"inform_folded_bias": bias}
 
 
 _TOKENIZERS: dict = {}

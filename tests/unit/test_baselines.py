@@ -18,7 +18,12 @@ from idrm_ray.core.baselines import (
     preference_strength,
     smoothed_bt_terms,
 )
+from idrm_ray.core import tiny
 from idrm_ray.core.losses import bt_loss
+from idrm_ray.core.objective import BTSettings, RewardForward, preference_loss
+from idrm_ray.core.reward_model import compute_rewards, value_head
+from idrm_ray.core.types import PreferenceExample
+from idrm_ray.core.units import collate_pairs, encode_pairs
 
 
 def test_preference_strength_by_hand():
@@ -114,3 +119,57 @@ def test_ib_head_samples_in_training_and_uses_the_mean_in_eval():
     w, b = fold_ib_state(head.state_dict())
     assert w.shape == (1, 6)
     assert torch.allclose(h @ w.T + b, r.unsqueeze(-1), atol=1e-5)  # the folded head is the eval head
+
+
+# -- through the training objective (tiny student) ------------------------------------------
+
+PAIRS = [
+    PreferenceExample("\n\nHuman: The cat likes the ball. What does the cat like?\n\nAssistant:", " The ball.", " A book."),
+    PreferenceExample("\n\nHuman: Who reads a letter? A child reads a letter.\n\nAssistant:", " A child.", " The robot."),
+]
+
+
+@pytest.fixture()
+def student_batch(student_tokenizer):
+    encodings = encode_pairs(PAIRS, student_tokenizer, student_tokenizer, student_max_len=64, teacher_max_len=140)
+    batch = collate_pairs(encodings, pad_id=student_tokenizer.pad_token_id)
+    return tiny.build_tiny_student(student_tokenizer, seed=0), batch
+
+
+def test_inform_objective_is_bt_plus_beta_kl_and_trains_the_head(student_batch):
+    model, batch = student_batch
+    torch.manual_seed(0)
+    head = IBRewardHead(model.config.hidden_size, latent_dim=4)
+    module = RewardForward(model, head=head)
+    assert not value_head(model).weight.requires_grad  # the plain head is unused (frozen) under InfoRM
+    loss, metrics = preference_loss(model, batch, forward=module, bt=BTSettings(ib_beta=0.5), ib_head=head)
+    assert metrics["kl"] > 0
+    assert loss.item() == pytest.approx((metrics["l_bt"] + 0.5 * metrics["kl"]).item(), rel=1e-5)
+    assert metrics["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
+    loss.backward()
+    assert head.encoder.weight.grad.abs().sum() > 0 and head.decoder.weight.grad.abs().sum() > 0
+    # num_pairs: the KL is normalised like the BT sum (2 sequences per pair)
+    loss2, _ = preference_loss(model, batch, forward=module, bt=BTSettings(ib_beta=0.5), ib_head=head, num_pairs=4)
+    assert loss2.item() < loss.item()
+
+
+def test_inform_eval_reward_equals_the_folded_plain_head(student_batch):
+    model, batch = student_batch
+    head = IBRewardHead(model.config.hidden_size, latent_dim=4, init_std=0.3)
+    module = RewardForward(model, head=head).eval()
+    with torch.no_grad():
+        r_ib = module(batch.input_ids, batch.attention_mask)
+        w, b = head.folded()
+        value_head(model).weight.copy_(w)
+        r_plain = compute_rewards(model, batch.input_ids, batch.attention_mask)
+    assert torch.allclose(r_ib, r_plain + b, atol=1e-5)  # same preferences; b shifts all rewards
+
+
+def test_smoothing_through_the_objective(student_batch):
+    model, batch = student_batch
+    smooth, _ = preference_loss(model, batch, bt=BTSettings(label_smoothing=0.1))
+    with torch.no_grad():
+        r_w, r_l = compute_rewards(model, batch.input_ids, batch.attention_mask).split(batch.num_pairs)
+    sig = torch.sigmoid(r_w - r_l)
+    expected = -(0.9 * sig.log() + 0.1 * (1 - sig).log()).mean()
+    assert smooth.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -1,0 +1,70 @@
+"""What `idrm-ray compare` can train: the methods of METHOD.md §10 and the paper's ablations
+(Table 3), each as a method name plus config values over the job's base config.
+
+    methods     bt am lf warm inform id id+am id+lf id+warm        (`method.name`)
+    ablations   id-no-intra      ID without the intra-sequence terms (method.id.intra=false)
+                id-no-inter      ID without the inter-sequence terms (method.id.inter=false)
+                id-no-nli        the teacher's encoder without NLI fine-tuning
+                id-alt-teacher   the other encoder family (BERT <-> DeBERTa) fine-tuned on NLI
+
+A variant names the teacher it needs ("nli", "no_nli" or "alt"); the job prepares each
+teacher once and shares its map cache across seeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from idrm_ray.config.train import METHODS
+
+TABLE2_METHODS = ("bt", "am", "lf", "warm", "inform", "id")
+DEFAULT_METHODS = ("bt", "am", "lf", "warm", "inform", "id", "id+am", "id+lf", "id+warm")
+ABLATIONS = ("id-no-intra", "id-no-inter", "id-no-nli", "id-alt-teacher")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # row label in the tables
+    method: str  # method.name of the run
+    values: dict = field(default_factory=dict)  # nested config values over the base
+    teacher: str = "nli"  # nli | no_nli | alt (which prepared teacher the run distils)
+
+    @property
+    def distills(self) -> bool:
+        return self.method == "id" or self.method.startswith("id+")
+
+
+def variant(name: str) -> Variant:
+    """The Variant called `name` (a method or an ablation); unknown names list the choices."""
+    if name in METHODS:
+        return Variant(name, name)
+    if name == "id-no-intra":
+        return Variant(name, "id", {"method": {"id": {"intra": False}}})
+    if name == "id-no-inter":
+        return Variant(name, "id", {"method": {"id": {"inter": False}}})
+    if name == "id-no-nli":
+        return Variant(name, "id", teacher="no_nli")
+    if name == "id-alt-teacher":
+        return Variant(name, "id", teacher="alt")
+    raise ValueError(f"unknown method or ablation {name!r}; choose from {', '.join(METHODS + ABLATIONS)}")
+
+
+def parse_variants(text: str) -> list[Variant]:
+    """'bt,id,ablations' -> Variants; `all` is every method, `ablations` the four ablations."""
+    names: list[str] = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        expanded = {"all": DEFAULT_METHODS, "table2": TABLE2_METHODS, "ablations": ABLATIONS}.get(item, (item,))
+        names += [n for n in expanded if n not in names]
+    if not names:
+        raise ValueError("no methods given; e.g. --methods bt,id or --methods all,ablations")
+    return [variant(n) for n in names]
+
+
+def needs_members(variants: list[Variant], *, am_from_ratings: bool) -> set[str]:
+    """Ensemble kinds the variants share per seed: bt members (LF flips, AM proxy margins,
+    WARM) and id members (ID+WARM)."""
+    kinds = set()
+    for v in variants:
+        base = v.method.split("+")[-1]
+        if base in ("lf", "warm") or (base == "am" and not am_from_ratings):
+            kinds.add("id" if v.method == "id+warm" else "bt")
+    return kinds
