@@ -60,3 +60,43 @@ def model_dir(checkpoint_dir: str | os.PathLike) -> Path:
 
 def state_dir(checkpoint_dir: str | os.PathLike) -> Path:
     return Path(checkpoint_dir) / STATE_DIR
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (message names it and what is wrong)."""
+
+
+def check_complete(directory: str | os.PathLike) -> Progress:
+    """Progress of a checkpoint after checking every part a resume needs is there and
+    readable: progress.json, metrics.jsonl, the model directory (config + weights) and the
+    training state. Raises CheckpointError naming the directory and the problem."""
+    d = Path(directory)
+    try:
+        progress = read_progress(d)
+    except RuntimeError as exc:
+        raise CheckpointError(str(exc)) from exc
+    model = model_dir(d)
+    weights = [p for p in model.glob("*.safetensors")] + [p for p in model.glob("*.bin")]
+    if not (model / "config.json").is_file() or not weights:
+        raise CheckpointError(f"checkpoint {d} has no complete model directory (config.json and weights in {model})")
+    if any(w.stat().st_size == 0 for w in weights):
+        raise CheckpointError(f"checkpoint {d} has an empty weights file in {model}")
+    if not state_dir(d).is_dir() or not any(state_dir(d).iterdir()):
+        raise CheckpointError(f"checkpoint {d} has no training state ({state_dir(d)})")
+    return progress
+
+
+def older_checkpoints(checkpoint) -> list:
+    """The other `checkpoint_*` directories of the same run (newest first), as Ray Train
+    Checkpoints on the same filesystem: the fall-backs when the latest one is unreadable."""
+    import pyarrow.fs
+
+    from ray.train import Checkpoint
+
+    parent = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+    infos = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    names = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.path.rstrip("/") != checkpoint.path.rstrip("/")),
+                   reverse=True)  # checkpoint_<timestamp>: newest first
+    return [Checkpoint(path, filesystem=checkpoint.filesystem) for path in names]
+

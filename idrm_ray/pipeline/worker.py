@@ -198,14 +198,27 @@ class _WorkerRun:
         return {"eval_accuracy": correct / max(pairs, 1.0), "eval_loss": loss / max(pairs, 1.0), "eval_pairs": int(pairs)}
 
     def _resume(self) -> ckpt.Progress:
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        """Progress from the latest checkpoint; when it is unreadable (truncated, corrupt),
+        say so and fall back to the previous good one. Never a silent fresh start: with no
+        readable checkpoint at all the run stops with the list of what was tried."""
+        latest = ray.train.get_checkpoint()
+        if latest is None:
             return ckpt.Progress()
-        with checkpoint.as_directory() as d:
-            progress = ckpt.read_progress(d)
-            self.strategy.load_state(ckpt.state_dir(d))
-        print(f"[idrm] resumed at step {progress.step} (epoch {progress.epoch}, {progress.pairs_seen} pairs seen)")
-        return progress
+        problems = []
+        for candidate in [latest, *ckpt.older_checkpoints(latest)]:
+            try:
+                with candidate.as_directory() as d:
+                    progress = ckpt.check_complete(d)
+                    self.strategy.load_state(ckpt.state_dir(d))
+            except Exception as exc:  # noqa: BLE001 - any unreadable part: try the previous one
+                problems.append(f"{candidate.path}: {exc}")
+                print(f"[idrm] WARNING: cannot resume from checkpoint {candidate.path}: {exc}", flush=True)
+                continue
+            if problems:
+                print(f"[idrm] WARNING: fell back to the previous good checkpoint {candidate.path}", flush=True)
+            print(f"[idrm] resumed at step {progress.step} (epoch {progress.epoch}, {progress.pairs_seen} pairs seen)")
+            return progress
+        raise ckpt.CheckpointError("no readable checkpoint to resume from; refusing to start over: " + "; ".join(problems))
 
     def _skip_nonfinite(self, metrics: dict) -> None:
         """Skip a step whose loss is NaN/inf on any rank (weights untouched); stop after K in a row."""
