@@ -1,0 +1,48 @@
+"""Checkpoint completeness checks and the fall-back order used on resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from ray.train import Checkpoint
+
+from idrm_ray.pipeline import checkpointing as ckpt
+
+
+def _complete(d, step: int):
+    ckpt.write_progress(d, ckpt.Progress(step=step, history=[{"step": step}]))
+    (d / "model").mkdir()
+    (d / "model" / "config.json").write_text("{}")
+    (d / "model" / "model.safetensors").write_bytes(b"x" * 16)
+    (d / "train_state").mkdir()
+    (d / "train_state" / "state.pt").write_bytes(b"y")
+    return d
+
+
+def test_check_complete_names_the_checkpoint_and_the_problem(tmp_path):
+    good = _complete(tmp_path / "checkpoint_a", 3)
+    assert ckpt.check_complete(good).step == 3
+    (good / "progress.json").write_text('{"step": ')  # truncated
+    with pytest.raises(ckpt.CheckpointError, match=f"checkpoint {good} is unreadable"):
+        ckpt.check_complete(good)
+    no_weights = _complete(tmp_path / "checkpoint_b", 6)
+    (no_weights / "model" / "model.safetensors").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="no complete model directory"):
+        ckpt.check_complete(no_weights)
+    empty = _complete(tmp_path / "checkpoint_c", 9)
+    (empty / "model" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError, match="empty weights file"):
+        ckpt.check_complete(empty)
+    no_state = _complete(tmp_path / "checkpoint_d", 12)
+    (no_state / "train_state" / "state.pt").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="no training state"):
+        ckpt.check_complete(no_state)
+
+
+def test_older_checkpoints_newest_first_without_the_latest_or_other_files(tmp_path):
+    for name in ("checkpoint_2026-01-01_00-00-01", "checkpoint_2026-01-01_00-00-03", "checkpoint_2026-01-01_00-00-02"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text(json.dumps({}))
+    latest = Checkpoint.from_directory(str(tmp_path / "checkpoint_2026-01-01_00-00-03"))
+    older = [c.path.rsplit("/", 1)[-1] for c in ckpt.older_checkpoints(latest)]
+    assert older == ["checkpoint_2026-01-01_00-00-02", "checkpoint_2026-01-01_00-00-01"]
