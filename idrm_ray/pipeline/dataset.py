@@ -87,7 +87,11 @@ class ExactlyOnceDataConfig(DataConfig):
             if ds.name is None:
                 ds.set_name(name)
             options = self._get_execution_options(name)
-            if options.is_resource_limits_default():
+            # As Ray Train's own DataConfig: only the V1 Data autoscaler needs the training
+            # resources excluded; under V2 (Ray 2.55's default) Train registers them with the
+            # autoscaling coordinator, and excluding them again drives Data's budget negative
+            # when several runs share a cluster (compare, Tune).
+            if options.is_resource_limits_default() and not self._is_v2_autoscaler():
                 options.exclude_resources = options.exclude_resources.add(
                     ExecutionResources(cpu=self._num_train_cpus, gpu=self._num_train_gpus)
                 )
