@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import functools
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,15 +85,28 @@ def copy_tree(src: str | Path, dst: str | Path) -> None:
 
 
 def nli_examples(cfg: TrainJobConfig):
-    """NLI train/eval triples for the teacher fine-tune (bundled files or user data)."""
+    """NLI train/eval triples for the teacher fine-tune (bundled files or user data). Loaded
+    once per process and settings: the driver validates them before Ray starts
+    (`validate_teacher_data`) and the fine-tune reuses the result."""
+    return _nli_examples(cfg.teacher.finetune, cfg.data.skip_bad_rows)
+
+
+def validate_teacher_data(cfg: TrainJobConfig, *, needed: bool) -> None:
+    """Read and validate the NLI data now when the run will fine-tune the teacher, so a bad
+    file fails in seconds with its one-line error, before Ray or any worker starts."""
+    if needed and not cfg.teacher.name_or_path:
+        nli_examples(cfg)
+
+
+@functools.lru_cache(maxsize=4)
+def _nli_examples(ft, skip_bad_rows: bool):
     from idrm_ray.data import bundled_path
 
-    ft = cfg.teacher.finetune
     if ft.data == "bundled":
         train, train_report = load_nli(bundled_path("nli_train"), max_rows=ft.max_examples)
         evals, _ = load_nli(bundled_path("nli_eval"))
         return train, evals, train_report
     # data.skip_bad_rows covers the NLI data too; teacher_job writes what was skipped.
-    data, report = load_nli(ft.data, split=ft.split, max_rows=ft.max_examples, skip_bad_rows=cfg.data.skip_bad_rows)
+    data, report = load_nli(ft.data, split=ft.split, max_rows=ft.max_examples, skip_bad_rows=skip_bad_rows)
     n_eval = max(1, int(len(data) * ft.eval_fraction))
     return data[n_eval:], data[:n_eval], report

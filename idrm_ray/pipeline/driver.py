@@ -20,7 +20,7 @@ from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.core.objective import BTSettings, IDSettings
 from idrm_ray.data import bundled_path, load_preferences
 from idrm_ray.pipeline import cluster, map_cache, outputs, preflight
-from idrm_ray.pipeline.assets import prepare_student, prepare_teacher
+from idrm_ray.pipeline.assets import prepare_student, prepare_teacher, validate_teacher_data
 from idrm_ray.pipeline.checkpointing import model_dir as ckpt_model_dir
 from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset, teacher_stream
 from idrm_ray.pipeline.spec import WorkerSpec
@@ -98,6 +98,7 @@ def run_train(cfg: TrainJobConfig) -> dict:
     train, evals, counts = load_data(cfg, run_dir)
     plan = make_plan(cfg, len(train))
     methods = methods_to_run(cfg)
+    validate_teacher_data(cfg, needed=cfg.method.distills)  # NLI data too, before Ray starts
     print(f"[idrm] run folder {run_dir}: {len(train)} train / {len(evals)} eval pairs, methods {methods}")
     cluster.init_ray(cfg.resources.ray_address)
     preflight.check_before_workers(cfg, job="train")  # models + cluster, before any worker
@@ -209,6 +210,7 @@ def _loop():
 def run_teacher(cfg: TrainJobConfig) -> dict:
     """`idrm-ray teacher`: only the NLI fine-tune; prints and returns its metrics."""
     run_dir = run_dir_for(cfg)
+    validate_teacher_data(cfg, needed=True)
     cluster.init_ray(cfg.resources.ray_address)
     if cfg.teacher.name_or_path:
         print(f"[idrm] teacher.name_or_path={cfg.teacher.name_or_path!r} is a ready teacher; nothing to fine-tune")

@@ -3,8 +3,8 @@ last stderr line "idrm-ray: data error: <file>, line N: <problem>", no traceback
 trained. The full corpus is checked in-process (tests/unit/test_bad_input_corpus.py); these
 few subprocesses prove the terminal behaviour, two at a time (each is ~5 s of imports). They
 fail in data validation, before Ray starts, so stderr is exactly one line and the run-folder
-line never appears. NLI data (read by the teacher fine-tune after Ray starts) is checked
-in-process through the same loader path.
+line never appears. NLI data is validated before Ray starts too (`validate_teacher_data`), so
+`idrm-ray teacher` with a bad NLI file is one of the subprocess cases.
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ CASES = {
     "truncated_gzip": (["train", "data.train={c}/truncated.jsonl.gz"], "{c}/truncated.jsonl.gz", None,
                        ["gzip data is truncated or corrupt after line 1978"]),
     "directory": (["train", "data.train={t}/a_dir.jsonl"], "{t}/a_dir.jsonl", None, ["directory has no data files"]),
+    "teacher_nli_label": (["teacher", "teacher.finetune.data={c}/nli_label_out_of_range.jsonl"],
+                          "{c}/nli_label_out_of_range.jsonl", 2, ["label 3 is out of range"]),
 }
 TIMEOUT_S = 180
 
@@ -90,8 +92,8 @@ def test_config_and_data_errors_in_process(tmp_path, capsys):
 
 
 def test_teacher_nli_data_errors_through_the_teacher_loader(tmp_path):
-    """`idrm-ray teacher teacher.finetune.data=...` reads NLI rows with `nli_examples` (after
-    Ray starts, so in-process here rather than a subprocess); the CLI renders the same line."""
+    """NLI rows through `nli_examples` (what `validate_teacher_data` and the fine-tune read):
+    the CLI's line, and skip_bad_rows counting the row instead."""
     from idrm_ray.cli import bad_input_line
     from idrm_ray.data import DataError
     from idrm_ray.pipeline.assets import nli_examples
