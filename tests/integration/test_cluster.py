@@ -81,19 +81,22 @@ def sim_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    had_ray = ray.is_initialized()
+    had_ray, t0 = ray.is_initialized(), time.perf_counter()
     ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": NODE_CPUS, "include_dashboard": False})
-    teacher = cluster.add_node(num_cpus=NODE_CPUS, resources={"teacher_gpu": 1})
-    students = [cluster.add_node(num_cpus=NODE_CPUS, resources={"student_gpu": 1}) for _ in range(2)]
-    cluster.wait_for_nodes()
-    # RAY_ADDRESS for every worker of the job: Train V2's detached PlacementGroupCleaner asks the
-    # State API whether the controller lives, and without an address that API picks the newest Ray
-    # on the machine; where another Ray runs beside this one (other test runs, a local `idrm-ray`
-    # with its dashboard), it answers "no such actor" and the cleaner removes the live run's
-    # placement group, killing every train worker (seen here: a spurious failure 6 s into a fit).
-    ray.init(address=cluster.address, log_to_driver=False, runtime_env={"env_vars": {"RAY_ADDRESS": cluster.address}})
+    cluster = Cluster(initialize_head=False)
     try:
+        cluster.add_node(num_cpus=NODE_CPUS, include_dashboard=False)  # the head
+        teacher = cluster.add_node(wait=False, num_cpus=NODE_CPUS, resources={"teacher_gpu": 1})
+        students = [cluster.add_node(wait=False, num_cpus=NODE_CPUS, resources={"student_gpu": 1}) for _ in range(2)]
+        cluster.wait_for_nodes(timeout=120)
+        print(f"[cluster] head + 3 nodes up in {time.perf_counter() - t0:.1f} s")
+        # RAY_ADDRESS for every worker of the job: Train V2's detached PlacementGroupCleaner asks the
+        # State API whether the controller lives, and without an address that API picks the newest
+        # Ray on the machine; where another Ray runs beside this one (other test runs, a local
+        # `idrm-ray` with its dashboard) it answers "no such actor", and the cleaner removes the live
+        # run's placement group, killing every train worker (seen here: a failure 6 s into a fit).
+        ray.init(address=cluster.address, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_ADDRESS": cluster.address}})
         yield {"cluster": cluster, "head": cluster.head_node.node_id, "teacher": teacher.node_id,
                "students": [n.node_id for n in students]}
     finally:
