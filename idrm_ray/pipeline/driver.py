@@ -152,7 +152,8 @@ def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_
     t0 = time.perf_counter()
     result = cluster.fit(
         _loop(), loop_config={"spec": spec.to_dict(), "eval_ref": eval_ref}, datasets={"train": train_ds},
-        cfg=cfg, run_dir=run_dir, name=f"{run_dir.name}-{out_name}".replace("+", "_").replace("/", "-"), callbacks=callbacks,
+        cfg=cfg, run_dir=run_dir, callbacks=callbacks,
+        name=f"{run_dir.name}-{out_name}".replace("+", "_").replace("/", "-"),
     )
     if result.error is not None:
         raise result.error

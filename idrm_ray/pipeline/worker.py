@@ -218,7 +218,8 @@ class _WorkerRun:
                 print(f"[idrm] WARNING: fell back to the previous good checkpoint {candidate.path}", flush=True)
             print(f"[idrm] resumed at step {progress.step} (epoch {progress.epoch}, {progress.pairs_seen} pairs seen)")
             return progress
-        raise ckpt.CheckpointError("no readable checkpoint to resume from; refusing to start over: " + "; ".join(problems))
+        raise ckpt.CheckpointError(
+            "no readable checkpoint to resume from; refusing to start over: " + "; ".join(problems))
 
     def _skip_nonfinite(self, metrics: dict) -> None:
         """Skip a step whose loss is NaN/inf on any rank (weights untouched); stop after K in a row."""
