@@ -79,7 +79,14 @@ class ExactlyOnceDataConfig(DataConfig):
     """Ray Train's default split uses `streaming_split(equal=True)`, which may drop up to
     world_size-1 rows per epoch to balance the shards. We split with `equal=False` so
     every pair reaches exactly one worker once per epoch; the worker loop keeps ranks in
-    lock-step at the ragged end (`ingest.synced_batches`)."""
+    lock-step at the ragged end (`ingest.synced_batches`).
+
+    The order is preserved (`preserve_order`): a worker group restarted from a checkpoint
+    mid-epoch re-streams the epoch and skips the micro-batches it had trained on, which is
+    exactly-once only if every rank gets the same rows in the same order again. Without it,
+    blocks leave the encode/teacher actor pools in completion order (a slow or retried
+    batch, a second actor) and the splitter hands them to whichever rank has the fewest
+    rows, so a resumed epoch could train some pairs twice and others never."""
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         output = [{} for _ in range(world_size)]
@@ -95,6 +102,7 @@ class ExactlyOnceDataConfig(DataConfig):
                 options.exclude_resources = options.exclude_resources.add(
                     ExecutionResources(cpu=self._num_train_cpus, gpu=self._num_train_gpus)
                 )
+            options.preserve_order = True
             ds = ds.copy(ds)
             ds.context.execution_options = options
             splits = ds.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)

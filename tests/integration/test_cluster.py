@@ -59,7 +59,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 NUM_PAIRS, NUM_EVAL, GLOBAL_BATCH, MICRO, EPOCHS = 128, 64, 8, 4, 2  # 2 workers x 4 pairs: ~16 steps per epoch
 CHECKPOINT_EVERY = 4
 HOLD_AFTER = 6  # rank 1's node goes at the first step >= 6 steps into epoch 1 with step % 4 == 2
-FIT_TIMEOUT_S = 360
+FIT_TIMEOUT_S = 600  # ~155 s at load ~20 on 2 cores, 343 s at load ~70 (Ray process start-up); deadlocks hang forever
 NODE_CPUS = 1
 
 
