@@ -11,8 +11,11 @@ Queries are sorted by length before batching, so padding stays small.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ import torch
 from idrm_ray.core.reward_model import compute_rewards, load_reward_model, normalize, reward_stats
 from idrm_ray.core.truncation import content_budget, window_keep
 
-__all__ = ["QueryTooLong", "RewardScorer", "Scores", "all_finite", "resolve_device_dtype"]
+__all__ = ["QueryTooLong", "RewardScorer", "Scores", "all_finite", "release_freed_memory", "resolve_device_dtype"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -162,6 +165,7 @@ class RewardScorer:
                 chunk = order[start : start + self.batch_size]
                 for i, r in zip(chunk, self._forward([rows[i] for i in chunk])):
                     raw[i] = r
+        release_freed_memory()
         rewards = raw
         if self.normalize_rewards:
             rewards = normalize(torch.tensor(raw, dtype=torch.float64), self.stats).tolist()
@@ -186,3 +190,32 @@ class RewardScorer:
 
 def all_finite(values: Sequence[float]) -> bool:
     return all(math.isfinite(v) for v in values)
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: nothing to do
+
+
+_TRIM = _malloc_trim()
+_TRIM_STATE = {"last": 0.0}
+_TRIM_LOCK = threading.Lock()
+
+
+def release_freed_memory(min_interval_s: float = 1.0) -> bool:
+    """Give the heap pages freed by the last forward passes back to the OS (glibc
+    `malloc_trim`, a few ms), at most once per `min_interval_s`. Batches of varied shapes
+    leave freed activations in malloc's arenas, so without it a long-running server's RSS
+    ratchets up to each arena's high-water mark (the reward-server soak measured +12.7% in
+    10 minutes). True when it trimmed."""
+    if _TRIM is None:
+        return False
+    now = time.monotonic()
+    with _TRIM_LOCK:
+        if now - _TRIM_STATE["last"] < min_interval_s:
+            return False
+        _TRIM_STATE["last"] = now
+    _TRIM(0)
+    return True
