@@ -76,7 +76,7 @@ def runs_that_fit(cfg: TrainJobConfig) -> int:
         need = res.num_workers * res.gpus_per_worker + res.teacher_num_gpus
         return max(1, int(gpus // max(need, 1e-9)))
     cpus = ray.cluster_resources().get("CPU", 1)
-    if not (res.ray_address or os.environ.get("RAY_ADDRESS")):
+    if (res.ray_address or os.environ.get("RAY_ADDRESS", "")) in ("", "local"):  # this machine's own Ray
         cpus = min(cpus, os.cpu_count() or 1)
     need = res.num_workers * res.cpus_per_worker + res.teacher_num_cpus
     return max(1, int(cpus // max(need, 1e-9)))

@@ -70,19 +70,8 @@ def trial_config(base: dict, *, lam: float, top_n: int, output_dir: str, worker_
 
 
 def max_concurrent(cfg: TrainJobConfig) -> int:
-    """Trials that fit at once: CPUs (physical on a local machine: Ray's logical 4 on 2 cores
-    would over-subscribe, and two concurrent trials on 2 cores hung, STACK_NOTES.md) or GPUs
-    over one trial's student + teacher needs."""
-    res = cfg.resources
-    if res.use_gpu:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        need = res.num_workers * res.gpus_per_worker + res.teacher_num_gpus
-        return max(1, int(gpus // max(need, 1e-9)))
-    cpus = ray.cluster_resources().get("CPU", 1)
-    if (res.ray_address or os.environ.get("RAY_ADDRESS", "")) in ("", "local"):  # this machine's own Ray
-        cpus = min(cpus, os.cpu_count() or 1)
-    need = res.num_workers * res.cpus_per_worker + res.teacher_num_cpus
-    return max(1, int(cpus // need))
+    """Trials that fit at once (`cluster.runs_that_fit`: one trial is one train run)."""
+    return cluster.runs_that_fit(cfg)
 
 
 def _trial(config: dict, *, base: dict, train, evals, student_dir: str, teacher_dir: str, cache_path: str | None,
