@@ -19,7 +19,7 @@ import pytest
 LAMS, TOP_NS = (0.4, 1.0), (1, 2)
 TINY = ["data.max_pairs=64", "optim.epochs=1", "optim.max_steps=4", "optim.global_batch_size=8",
         "optim.micro_batch_size=8", "run.eval_every=2", "run.log_every=1", "teacher.name_or_path=tiny",
-        "logging.wandb_mode=offline"]  # evals at steps 2 and 4
+        "logging.wandb_mode=offline", "resources.cpus_per_worker=0.5"]  # evals at steps 2 and 4; 2 trials at once
 
 
 @pytest.fixture(scope="module")
