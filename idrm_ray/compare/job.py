@@ -35,12 +35,14 @@ from idrm_ray.pipeline.methods import member_overrides, run_method, run_tasks, s
 
 DEFAULT_SHUFFLE = 256  # seeds differ in data order (and any new head's init)
 # `idrm-ray compare` with no config: the embedded default (preset tiny) cut so that the nine
-# methods x 3 seeds fit in about 20 minutes on 2 CPU cores: 1600 pairs, one pass, batch 8,
-# 3 ensemble members, half a CPU per train worker so two runs train at once.
+# methods x 3 seeds (33 Ray Train runs) fit in 20 minutes on 2 CPU cores: 1200 pairs, one
+# pass, batch 8 (150 steps), 2 ensemble members, half a CPU per train worker so two runs train
+# at once. A tiny run is ~10 s of steps and ~30 s of Ray start-up; 1600 pairs and 3 members
+# (45 runs) took over 30 minutes.
 EMBEDDED_DEFAULTS = [
-    "data.max_pairs=1600", "optim.epochs=1", "optim.max_steps=null", "optim.global_batch_size=8",
-    "optim.micro_batch_size=8", "run.eval_every=0", "run.log_every=50", "teacher.finetune.epochs=2",
-    "method.ensemble.members=3", "method.inform.latent_dim=16", "resources.cpus_per_worker=0.5",
+    "data.max_pairs=1200", "optim.epochs=1", "optim.max_steps=null", "optim.global_batch_size=8",
+    "optim.micro_batch_size=8", "run.eval_every=0", "run.log_every=25", "teacher.finetune.epochs=2",
+    "method.ensemble.members=2", "method.inform.latent_dim=16", "resources.cpus_per_worker=0.5",
     "logging.wandb_mode=disabled",
 ]
 
