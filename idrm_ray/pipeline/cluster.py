@@ -86,11 +86,27 @@ def storage_path(cfg: TrainJobConfig, run_dir: Path) -> str:
     return cfg.run.storage_path or str((run_dir / "ray_storage").resolve())
 
 
+def pin_data_coordinator() -> None:
+    """Create Ray Data's AutoscalingCoordinator from this (driver) process. Ray 2.55 creates it
+    as a detached actor pinned (soft=False) to the node of whichever process needs it first;
+    when that is a worker node that later dies, the actor can never restart there and every
+    Data stream of the run fails with ActorUnschedulableError (seen once in the simulated
+    cluster's node-removal test). Created here first, it lives on the driver's node."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:  # another Ray version: nothing to pin
+        return
+    get_or_create_autoscaling_coordinator()
+
+
 def fit(loop, *, loop_config: dict, datasets: dict, cfg: TrainJobConfig, run_dir: Path, name: str,
         callbacks: list | None = None):
     """Run one TorchTrainer; the same name + storage path resumes an interrupted run.
     `callbacks`: Train V2 user callbacks, e.g. Tune's `TuneReportCallback` inside a sweep trial
     (every `ray.train.report` of the workers then reaches Tune as a result)."""
+    pin_data_coordinator()
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
