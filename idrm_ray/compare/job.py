@@ -31,7 +31,7 @@ from idrm_ray.data import bundled_path
 from idrm_ray.pipeline import cluster
 from idrm_ray.pipeline.assets import prepare_student, prepare_teacher, tiny_teacher_dir
 from idrm_ray.pipeline.driver import load_data, train_one
-from idrm_ray.pipeline.methods import member_overrides, run_method, run_tasks, score_gaps
+from idrm_ray.pipeline.methods import member_overrides, merge_values, run_method, run_tasks, score_gaps
 
 DEFAULT_SHUFFLE = 256  # seeds differ in data order (and any new head's init)
 # `idrm-ray compare` with no config: the embedded default (preset tiny) cut so that the nine
@@ -70,7 +70,7 @@ def run_compare(cfg: TrainJobConfig, variants: list[Variant], seeds: list[int], 
     kinds = sorted(needs_members(variants, am_from_ratings=am_rated))
 
     def config(v: Variant | None, seed: int, method: str) -> TrainJobConfig:
-        d = _merge(base, (v.values if v else {}))
+        d = merge_values(base, (v.values if v else {}))
         d["method"]["name"], d["optim"]["seed"] = method, seed
         d["teacher"]["name_or_path"] = teachers.get(v.teacher if v else "nli") or ""
         return from_dict(TrainJobConfig, d)
@@ -157,7 +157,7 @@ def prepare_teachers(cfg: TrainJobConfig, variants: list[Variant], out: Path) ->
             raise ValueError("the id-alt-teacher ablation swaps the built-in tiny teacher's family; for real "
                              "teachers run compare twice with teacher.name_or_path set to each NLI checkpoint")
         family = "deberta-v2" if cfg.teacher.tiny.family == "bert" else "bert"
-        alt = _merge(dump_config(cfg), {"teacher": {"name_or_path": "", "tiny": {"family": family}}})
+        alt = merge_values(dump_config(cfg), {"teacher": {"name_or_path": "", "tiny": {"family": family}}})
         teachers["alt"], _ = prepare_teacher(from_dict(TrainJobConfig, alt), out / "teachers" / family, needed=True)
     return teachers
 
@@ -211,10 +211,3 @@ def score_finals(cfg, rows: dict, variants, seeds, columns) -> list[dict]:
             results.append({"method": name, "seed": seed, "column": col, "accuracy": float(np.mean(g[lo:hi] > 0)),
                             "pairs": int(hi - lo)})
     return results
-
-
-def _merge(base: dict, values: dict) -> dict:
-    out = json.loads(json.dumps(base))
-    for key, value in values.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) else value
-    return out

@@ -14,6 +14,7 @@ during this one forward.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -31,6 +32,7 @@ __all__ = [
     "VALUE_HEAD_PREFIX",
     "RewardStats",
     "backbone",
+    "cached_tokenizer",
     "compute_rewards",
     "last_hidden_state",
     "last_token_index",
@@ -139,6 +141,12 @@ def _resolve_pad_id(model: PreTrainedModel, name_or_path: str, tokenizer) -> int
     if isinstance(pad, list):
         pad = pad[0]
     return pad
+
+
+@functools.lru_cache(maxsize=8)
+def cached_tokenizer(path: str):
+    """The tokenizer saved with a checkpoint, loaded once per process and path."""
+    return AutoTokenizer.from_pretrained(path)
 
 
 def load_reward_model(

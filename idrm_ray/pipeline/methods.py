@@ -192,13 +192,13 @@ def _warm(cfg, plan, *, method, name, distill, train, members, student_dir, teac
 def average_checkpoints(sources: list[str], out: Path, *, metadata: dict) -> Path:
     """φ_WARM: the uniform average of reward-model checkpoints with one architecture and
     init, saved as an ordinary reward-model directory (one member in memory at a time)."""
-    from idrm_ray.core.reward_model import load_reward_model, save_reward_model
+    from idrm_ray.core.reward_model import cached_tokenizer, load_reward_model, save_reward_model
 
     states = (load_reward_model(s, dtype=torch.float32).state_dict() for s in sources)
     averaged = average_state_dicts(states)
     model = load_reward_model(sources[0], dtype=torch.float32)
     model.load_state_dict(averaged)
-    return save_reward_model(model, _tokenizer(sources[0]), out, metadata={**metadata, "averaged": sources})
+    return save_reward_model(model, cached_tokenizer(sources[0]), out, metadata={**metadata, "averaged": sources})
 
 
 # -- scoring --------------------------------------------------------------------------------
@@ -224,10 +224,12 @@ def evaluate_checkpoint(cfg, checkpoint: str, examples: list[PreferenceExample])
 
 
 def score_pairs(checkpoint: str, examples, options: dict) -> tuple[np.ndarray, np.ndarray]:
+    from idrm_ray.core.reward_model import cached_tokenizer
     from idrm_ray.eval.scoring import RewardScorer, encode_sequences, split_pairs
 
     scorer = RewardScorer(checkpoint, batch_size=options["batch_size"])
-    seqs = encode_sequences(examples, _tokenizer(checkpoint), max_len=options["max_len"], template=options["template"])
+    seqs = encode_sequences(examples, cached_tokenizer(checkpoint), max_len=options["max_len"],
+                            template=options["template"])
     return split_pairs(scorer.score(seqs))
 
 
@@ -245,18 +247,17 @@ def _score_task(cfg):
     return ray.remote(score_pairs).options(**options)
 
 
-_TOKENIZERS: dict = {}
-
-
-def _tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    if path not in _TOKENIZERS:
-        _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
-    return _TOKENIZERS[path]
 
 
 # -- records --------------------------------------------------------------------------------
+
+
+def merge_values(base: dict, values: dict) -> dict:
+    """A deep copy of a nested config dict with nested `values` set over it."""
+    out = json.loads(json.dumps(base))
+    for key, value in values.items():
+        out[key] = merge_values(out[key], value) if isinstance(value, dict) else value
+    return out
 
 
 def with_values(cfg, values: dict):
@@ -264,10 +265,7 @@ def with_values(cfg, values: dict):
     from idrm_ray.config import dump_config
     from idrm_ray.config.loader import from_dict
 
-    def merge(base: dict, new: dict) -> dict:
-        return {k: merge(base[k], new[k]) if isinstance(new.get(k), dict) else new.get(k, base[k]) for k in base}
-
-    return from_dict(type(cfg), merge(dump_config(cfg), values))
+    return from_dict(type(cfg), merge_values(dump_config(cfg), values))
 
 
 def _member_summary(rows: list[dict]) -> dict:

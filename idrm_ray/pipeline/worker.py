@@ -16,7 +16,12 @@ import torch
 
 from idrm_ray.core.baselines import IBRewardHead, fold_ib_state
 from idrm_ray.core.objective import RewardForward, preference_loss
-from idrm_ray.core.reward_model import VALUE_HEAD_PREFIX, load_reward_model, save_reward_model
+from idrm_ray.core.reward_model import (
+    VALUE_HEAD_PREFIX,
+    cached_tokenizer,
+    load_reward_model,
+    save_reward_model,
+)
 from idrm_ray.pipeline import checkpointing as ckpt
 from idrm_ray.pipeline.ingest import (
     map_bytes_stats,
@@ -169,7 +174,7 @@ class _WorkerRun:
             state, extra = _model_state(state)
             if self.strategy.rank == 0:
                 save_reward_model(
-                    self.model, _tokenizer(self.spec.student_dir), ckpt.model_dir(tmp),
+                    self.model, cached_tokenizer(self.spec.student_dir), ckpt.model_dir(tmp),
                     state_dict=state, metadata={"method": self.spec.method, **metrics, **extra},
                 )
                 ckpt.write_progress(tmp, self.progress)
@@ -281,12 +286,3 @@ def _model_state(state: dict | None) -> tuple[dict | None, dict]:
     return model, {"inform_folded_bias": bias}
 
 
-_TOKENIZERS: dict = {}
-
-
-def _tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    if path not in _TOKENIZERS:
-        _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
-    return _TOKENIZERS[path]
