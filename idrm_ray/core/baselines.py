@@ -112,7 +112,9 @@ class IBRewardHead(nn.Module):
         mu, logvar = self.encoder(h.to(self.encoder.weight.dtype)).float().chunk(2, dim=-1)  # (B, k) each
         self.latest = (mu, logvar)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
-        return F.linear(z, self.decoder.weight.float(), self.decoder.bias.float()).squeeze(-1)  # (B,)
+        # A module call, not F.linear on `.weight`: under ZeRO-3 the weight outside a call is an
+        # empty partition; the call gathers it.
+        return self.decoder(z.to(self.encoder.weight.dtype)).float().squeeze(-1)  # (B,)
 
     def folded(self) -> tuple[torch.Tensor, float]:
         """`fold_ib_state` of this head's parameters."""

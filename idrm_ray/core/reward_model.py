@@ -14,6 +14,7 @@ during this one forward.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -37,6 +38,7 @@ __all__ = [
     "last_hidden_state",
     "last_token_index",
     "load_reward_model",
+    "load_student_tokenizer",
     "normalize",
     "read_metadata",
     "reward_stats",
@@ -127,6 +129,16 @@ def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
 # -- load -----------------------------------------------------------------------------------
 
 
+def _whole(param: torch.Tensor):
+    """The full parameter for the block: a ZeRO-3 partition (`ds_id`) is gathered, modified on
+    rank 0 and scattered back; a plain parameter needs nothing (deepspeed imported only then)."""
+    if not hasattr(param, "ds_id"):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([param], modifier_rank=0)
+
+
 def _resolve_pad_id(model: PreTrainedModel, name_or_path: str, tokenizer) -> int | None:
     if tokenizer is None:
         try:
@@ -143,10 +155,26 @@ def _resolve_pad_id(model: PreTrainedModel, name_or_path: str, tokenizer) -> int
     return pad
 
 
+def load_student_tokenizer(name_or_path: str | os.PathLike, **kwargs):
+    """A student's tokenizer, ready to pad: a tokenizer without a pad token (Llama-3,
+    SmolLM2, most base LMs) pads with its EOS, as OpenRLHF's `get_tokenizer` does. The reward
+    is read at the last real token by attention mask, never at a pad id, so the choice only
+    has to be consistent; it is saved with every checkpoint. No EOS at all is an error: the
+    reward is read at the EOS that ends each sequence."""
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **kwargs)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{name_or_path}: the tokenizer has no EOS token; the reward is read at the EOS that "
+                         "ends each sequence, so set one (tokenizer.eos_token) and save the tokenizer again")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 @functools.lru_cache(maxsize=8)
 def cached_tokenizer(path: str):
-    """The tokenizer saved with a checkpoint, loaded once per process and path."""
-    return AutoTokenizer.from_pretrained(path)
+    """The student tokenizer of a checkpoint or model directory (`load_student_tokenizer`:
+    pad = EOS where it has none), loaded once per process and path."""
+    return load_student_tokenizer(path)
 
 
 def load_reward_model(
@@ -179,7 +207,7 @@ def load_reward_model(
     head_missing = f"{VALUE_HEAD_PREFIX}.weight" in set(info.get("missing_keys", ()))
     if init_value_head or (init_value_head is None and head_missing):
         hidden = model.config.get_text_config().hidden_size
-        with torch.no_grad():
+        with torch.no_grad(), _whole(head.weight):
             head.weight.normal_(mean=0.0, std=1.0 / (hidden + 1))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = _resolve_pad_id(model, str(name_or_path), tokenizer)

@@ -77,6 +77,7 @@ def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad
         precision=plan.precision, offload_optimizer=cfg.deepspeed.offload_optimizer,
         offload_params=cfg.deepspeed.offload_params,
         gradient_checkpointing=cfg.student.gradient_checkpointing,
+        student_dtype=plan.student_dtype, attn_implementation=cfg.student.attn_implementation,
         eval_every=plan.eval_every, checkpoint_every=plan.checkpoint_every, log_every=cfg.run.log_every,
         max_nonfinite_steps=cfg.run.max_nonfinite_steps,
         run_name=run_dir.name, wandb_project=cfg.logging.wandb_project, wandb_mode=cfg.logging.wandb_mode,
@@ -126,10 +127,10 @@ def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_
     """One TorchTrainer run of `method` over `train`; its folder is run_dir/(out_name or method).
     `keep_checkpoints`: the row also lists every kept checkpoint's model directory (WARM's
     checkpoint-average variant)."""
-    from transformers import AutoTokenizer
+    from idrm_ray.core.reward_model import cached_tokenizer
 
     out_name = out_name or method
-    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    tokenizer = cached_tokenizer(student_dir)  # pad = EOS where the student has no pad token
     spec = worker_spec(cfg, plan, method=method, student_dir=student_dir, pad_id=tokenizer.pad_token_id,
                        run_dir=run_dir, **(spec_overrides or {}))
     distill = spec.id_settings is not None

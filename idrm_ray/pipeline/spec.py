@@ -40,6 +40,8 @@ class WorkerSpec:
     offload_optimizer: bool = False
     offload_params: bool = False
     gradient_checkpointing: bool = False
+    student_dtype: str = "fp32"  # weights at load (plan.student_dtype: the precision under DeepSpeed)
+    attn_implementation: str = "sdpa"  # the student's own attention kernel (student.attn_implementation)
     # run control
     eval_every: int = 0  # optimizer steps; 0: only at the end
     checkpoint_every: int = 0  # optimizer steps; 0: only at the end

@@ -28,7 +28,9 @@ class EncodeStage:
     ) -> None:
         from transformers import AutoTokenizer
 
-        self.student_tok = AutoTokenizer.from_pretrained(student_tokenizer_dir)
+        from idrm_ray.core.reward_model import load_student_tokenizer
+
+        self.student_tok = load_student_tokenizer(student_tokenizer_dir)
         # BT-only runs need no teacher; the student tokenizer then stands in (identity units).
         self.teacher_tok = AutoTokenizer.from_pretrained(teacher_tokenizer_dir or student_tokenizer_dir)
         self.kwargs = dict(student_max_len=student_max_len, teacher_max_len=teacher_max_len, template=template)

@@ -34,7 +34,7 @@ from idrm_ray.pipeline.ingest import (
 from idrm_ray.pipeline.monitor import StudentMonitor, WandbLogger
 from idrm_ray.pipeline.spec import WorkerSpec
 from idrm_ray.pipeline.step_metrics import StepAccumulator
-from idrm_ray.train.strategy import make_strategy, pick_device
+from idrm_ray.train.strategy import make_strategy, pick_device, torch_dtype
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -66,20 +66,19 @@ class _WorkerRun:
     def __init__(self, spec: WorkerSpec, *, eval_rows: list[dict]) -> None:
         torch.manual_seed(spec.seed)
         self.spec, self.eval_rows, self.device = spec, eval_rows, pick_device()
-        self.model = load_reward_model(spec.student_dir, dtype=torch.float32)
-        if spec.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
         self.strategy = make_strategy(
             spec.strategy, zero_stage=spec.zero_stage, precision=spec.precision,
             micro_batch_size=spec.micro_batch_size, grad_accum_steps=spec.grad_accum_steps,
             max_grad_norm=spec.max_grad_norm, offload_optimizer=spec.offload_optimizer,
             offload_params=spec.offload_params,
         )
+        self.model = _load_student(spec, self.strategy)
         # InfoRM: the IB head replaces the `score` layer in training; saved folded into it.
         self.ib_head = IBRewardHead(self.model.config.hidden_size, spec.ib_latent_dim) if spec.ib_latent_dim else None
         module = RewardForward(self.model, head=self.ib_head).to(self.device)
         optimizer, self.scheduler = _optimizer(module, spec)
         self.engine = self.strategy.prepare(module, optimizer, self.scheduler)
+        self.forward = _autocast(self.engine, self.strategy)  # the maps themselves stay fp32
         self.progress = self._resume()
         self.monitor = StudentMonitor(method=spec.method)
         self.wandb = _wandb(spec) if self.strategy.rank == 0 else None
@@ -102,7 +101,7 @@ class _WorkerRun:
         # Data-parallel normaliser (STYLE.md §1): DDP/DeepSpeed average over ranks.
         num_pairs = global_pairs / strategy.world_size
         loss, metrics = preference_loss(
-            self.model, batch, teacher, settings=spec.id_settings, num_pairs=num_pairs, forward=self.engine,
+            self.model, batch, teacher, settings=spec.id_settings, num_pairs=num_pairs, forward=self.forward,
             bt=spec.bt_settings, ib_head=self.ib_head,
         )
         metrics.update(truncation_stats(item.batch))
@@ -195,7 +194,7 @@ class _WorkerRun:
         with torch.no_grad():
             for item in synced_batches(batches, strategy.all_reduce_sum, filler=stack_rows(self.eval_rows[:1])):
                 batch = to_student_batch(item.batch, pad_id=self.spec.pad_id, device=self.device)
-                r_w, r_l = self.engine(batch.input_ids, batch.attention_mask).float().split(batch.num_pairs)
+                r_w, r_l = self.forward(batch.input_ids, batch.attention_mask).float().split(batch.num_pairs)
                 if item.real:
                     sums += torch.tensor([(r_w > r_l).sum().item(), -torch.nn.functional.logsigmoid(r_w - r_l).sum().item(), batch.num_pairs])
         self.engine.train()
@@ -238,6 +237,30 @@ class _WorkerRun:
                 f"{progress.nonfinite_streak} consecutive non-finite losses at step {progress.step} "
                 f"(non-finite components: {', '.join(bad) or 'loss'}); lower the learning rate or check the data"
             )
+
+
+def _autocast(engine, strategy):
+    """The reward forward under the strategy's autocast (bf16 on the plain-torch GPU path,
+    nothing otherwise). Only the model forward: the simulated maps and losses are computed in
+    fp32 outside it (METHOD.md §5), which autocast would otherwise turn into bf16 matmuls."""
+    def forward(input_ids, attention_mask):
+        with strategy.autocast():
+            return engine(input_ids, attention_mask)
+
+    return forward
+
+
+def _load_student(spec: WorkerSpec, strategy):
+    """The student in its planned dtype and attention kernel; under ZeRO-3 partitioned as it
+    loads (`strategy.model_init_context`). Gradient checkpointing is non-reentrant: the Q/K
+    capture needs the recomputed blocks to carry gradients (core/capture.py)."""
+    with strategy.model_init_context():
+        model = load_reward_model(spec.student_dir, dtype=torch_dtype(spec.student_dtype),
+                                  attn_implementation=spec.attn_implementation,
+                                  tokenizer=cached_tokenizer(spec.student_dir))
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def _progress_line(method: str, step: int, total: int, row: dict) -> str:

@@ -184,6 +184,11 @@ class Strategy:
         """Context for the forward pass (only the torch path with bf16 needs one)."""
         return contextlib.nullcontext()
 
+    def model_init_context(self) -> contextlib.AbstractContextManager:
+        """Context to build or load the model in: under ZeRO-3 parameters are partitioned as
+        they load, so no rank ever holds the whole model (DESIGN.md decision 10)."""
+        return contextlib.nullcontext()
+
     def unwrap(self) -> nn.Module:
         """The underlying HF model (under ZeRO-3 its parameters are partitioned)."""
         # DeepSpeed's engine and DDP both keep the wrapped model as `.module`.
@@ -312,6 +317,20 @@ class DeepSpeedStrategy(Strategy):
 
         self.device = torch.device(get_accelerator().current_device_name())
         self.engine = None
+        self._hf_ds_config = None  # kept alive: transformers reads ZeRO-3 state through a weak reference
+
+    def model_init_context(self) -> contextlib.AbstractContextManager:
+        """ZeRO-3: `from_pretrained` inside this context loads each weight straight into its
+        partition (transformers' HfDeepSpeedConfig -> deepspeed.zero.Init), so a rank's peak is
+        about 1/world of the model plus one tensor, never the whole fp32 copy. Models built
+        from a config with `pad_token_id` set fail inside zero.Init (STACK_NOTES.md): save and
+        `from_pretrained` them instead, as the worker does."""
+        if self.zero_stage != 3:
+            return contextlib.nullcontext()
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self._hf_ds_config = HfDeepSpeedConfig(self.config)
+        return contextlib.nullcontext()
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None) -> nn.Module:
         import deepspeed
