@@ -94,13 +94,43 @@ def check_models(cfg: TrainJobConfig, *, needs_teacher: bool, needs_student: boo
         student = model_config(cfg.student.name_or_path, "student.name_or_path")
         if student is not None:
             _check_student(cfg, student)
+            _check_files(cfg.student.name_or_path, "student.name_or_path")
+            _check_student_tokenizer(cfg.student.name_or_path, student)
         _check_student_length(cfg)
     if needs_teacher:
         name, key = teacher_source(cfg)
         teacher = model_config(name, key)
         if teacher is not None:
             _check_teacher(cfg, teacher, name, key)
+            _check_files(name, key)
             _check_teacher_length(cfg, name)
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _check_files(name: str, key: str) -> None:
+    """A local model directory needs its weights and a tokenizer that loads (a hub id is
+    checked by the worker's own download)."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise ConfigValueError(key, name, f"has a config.json but no weights (none of {', '.join(WEIGHT_FILES)})")
+    if _tokenizer(name) is None:
+        raise ConfigValueError(key, name, "has no tokenizer that loads (tokenizer.json or the tokenizer's "
+                                          "vocabulary files): save the tokenizer into the model directory")
+
+
+def _check_student_tokenizer(name: str, config) -> None:
+    """The reward is read at the EOS that ends each sequence (METHOD.md Eq. 1): a student
+    tokenizer without one cannot work. No pad token is fine: it pads with EOS."""
+    tok = _tokenizer(name)
+    if tok is not None and tok.eos_token_id is None:
+        raise ConfigValueError("student.name_or_path", name,
+                               "its tokenizer has no EOS token, where the reward is read: set tokenizer.eos_token "
+                               f"(the model's config says eos_token_id={getattr(config, 'eos_token_id', None)}) "
+                               "and save the tokenizer again")
 
 
 def _check_student(cfg: TrainJobConfig, config) -> None:

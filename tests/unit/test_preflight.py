@@ -5,7 +5,7 @@ dicts (what `ray.nodes()` reports), so no Ray is started."""
 from __future__ import annotations
 
 import pytest
-from transformers import BertConfig, LlamaConfig, T5Config
+from transformers import AutoModel, BertConfig, LlamaConfig, T5Config
 
 from idrm_ray.cli import bad_input_line
 from idrm_ray.config import ConfigError, load_config
@@ -37,6 +37,7 @@ def models(tmp_path_factory, student_tokenizer, teacher_tokenizer):
     for name, (config, tokenizer) in dirs.items():
         config.save_pretrained(root / name)
         if tokenizer is not None:
+            AutoModel.from_config(config).save_pretrained(root / name)  # weights: a complete directory
             tokenizer.save_pretrained(root / name)
     (root / "empty").mkdir()
     return {name: str(root / name) for name in [*dirs, "empty"]}
@@ -143,3 +144,51 @@ def test_teacher_job_checks_the_base_encoder_only(models):
     cfg = cfg_with(f"student.name_or_path={models['bert']}", f"teacher.finetune.base={models['llama']}")
     line = fails(check_before_workers, cfg, job="teacher", nodes=LOCAL)
     assert "'teacher.finetune.base'" in line and "llama model (decoder)" in line
+
+
+@pytest.fixture()
+def broken_student(models, tmp_path):
+    """A copy of the complete decoder directory to break one way per test."""
+    import shutil
+
+    path = tmp_path / "student"
+    shutil.copytree(models["llama"], path)
+    return path
+
+
+def test_student_without_weights_fails_before_workers(broken_student):
+    (broken_student / "model.safetensors").unlink()
+    line = fails(check_models, cfg_with(f"student.name_or_path={broken_student}"), needs_teacher=False)
+    assert "no weights" in line and "student.name_or_path" in line
+
+
+def test_student_without_tokenizer_fails_before_workers(broken_student):
+    for f in broken_student.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            f.unlink()
+    line = fails(check_models, cfg_with(f"student.name_or_path={broken_student}"), needs_teacher=False)
+    assert "no tokenizer that loads" in line
+
+
+def test_student_without_eos_fails_before_workers(broken_student):
+    import json
+
+    config = json.loads((broken_student / "tokenizer_config.json").read_text())
+    config["eos_token"] = None
+    (broken_student / "tokenizer_config.json").write_text(json.dumps(config))
+    line = fails(check_models, cfg_with(f"student.name_or_path={broken_student}"), needs_teacher=False)
+    assert "no EOS token" in line
+
+
+def test_student_without_pad_token_passes(broken_student):
+    """Llama-3 and SmolLM2 come without a pad token: they pad with EOS (OpenRLHF's rule)."""
+    import json
+
+    from idrm_ray.core.reward_model import load_student_tokenizer
+
+    config = json.loads((broken_student / "tokenizer_config.json").read_text())
+    config["pad_token"] = None
+    (broken_student / "tokenizer_config.json").write_text(json.dumps(config))
+    check_models(cfg_with(f"student.name_or_path={broken_student}"), needs_teacher=False)
+    tok = load_student_tokenizer(broken_student)
+    assert tok.pad_token_id == tok.eos_token_id is not None
