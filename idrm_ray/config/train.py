@@ -56,11 +56,27 @@ class StudentConfig:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] = param(
         "sdpa", "transformers attention kernel of the student's own forward.")
     gradient_checkpointing: bool = param(False, "Recompute activations in backward (saves memory on large students).")
+    chat_template: bool = param(
+        False, "Render the prompt as a user turn and the response as the assistant turn with the student "
+               "tokenizer's own chat template (as OpenRLHF's reward dataset with --apply_chat_template). Saved in "
+               "the checkpoint; eval, the reward server and the PPO builder follow it. Instruct models want it.")
     template: TemplateConfig = section(TemplateConfig)
 
     def __post_init__(self):
         require(self, bool(self.name_or_path.strip()), "name_or_path", "give a hub id, a local directory or `tiny`")
         require(self, self.max_len >= MIN_LEN, "max_len", f"must be >= {MIN_LEN} tokens (METHOD.md §7 uses 1024)")
+        t = self.template
+        require(self, not (self.chat_template and (t.prefix or t.separator or t.suffix)), "chat_template",
+                "the chat template and student.template (prefix/separator/suffix) both render the text: use one")
+
+    @property
+    def render(self) -> "str | tuple[str, str, str] | None":
+        """How prompt and response become the student's text, as `core.units.encode_pairs` takes
+        it: "chat", a (prefix, separator, suffix) template, or None (prompt + response)."""
+        if self.chat_template:
+            return "chat"
+        t = self.template
+        return (t.prefix, t.separator, t.suffix) if (t.prefix or t.separator or t.suffix) else None
 
 
 @dataclass(frozen=True)

@@ -92,22 +92,41 @@ def default_output_dir(checkpoint: str) -> Path:
     return Path("eval") / (ckpt.name or "model")
 
 
+def checkpoint_render(checkpoint: str, run_cfg: dict) -> dict:
+    """How the checkpoint's student read its text: the `render` its metadata records (DESIGN.md
+    decision 9), else the run's config.yaml (older checkpoints). `template` is what
+    `encode_pairs` takes: "chat", a (prefix, separator, suffix) tuple, or None."""
+    from idrm_ray.core.reward_model import read_metadata
+
+    saved = read_metadata(checkpoint).get("render")
+    student = run_cfg.get("student", {})
+    source = saved if saved is not None else {
+        "chat_template": student.get("chat_template", False),
+        "template": [(student.get("template") or {}).get(k, "") for k in ("prefix", "separator", "suffix")],
+        "max_len": student.get("max_len"),
+    }
+    parts = tuple(source.get("template") or ("", "", ""))
+    template = "chat" if source.get("chat_template") else (parts if any(parts) else None)
+    return {"template": template, "max_len": source.get("max_len"), "chat_template": bool(source.get("chat_template"))}
+
+
 class LoadedModel:
     """A checkpoint with its tokenizer and its encoding settings."""
 
     def __init__(self, checkpoint: str, opts: EvalOptions) -> None:
-        from transformers import AutoTokenizer
+        from idrm_ray.core.reward_model import load_student_tokenizer
 
         cfg, self.config_path = run_config_of(checkpoint)
-        student = cfg.get("student", {})
-        t = student.get("template") or {}
-        template = (t.get("prefix", ""), t.get("separator", ""), t.get("suffix", ""))
+        render = checkpoint_render(checkpoint, cfg)
         self.checkpoint = checkpoint
-        self.max_len = int(opts.max_len or student.get("max_len") or DEFAULT_MAX_LEN)
-        self.template = opts.template if opts.template is not None else (template if any(template) else None)
+        self.max_len = int(opts.max_len or render["max_len"] or DEFAULT_MAX_LEN)
+        if opts.template is not None and render["chat_template"]:
+            raise EvalError(f"{checkpoint} was trained on chat-templated text (student.chat_template, in its "
+                            f"metadata): --template {opts.template!r} would score text it never saw; drop --template")
+        self.template = opts.template if opts.template is not None else render["template"]
         self.opts = opts
         try:  # a path that is not a model is bad input, not a crash
-            self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+            self.tokenizer = load_student_tokenizer(checkpoint)
             self.scorer: RewardScorer | None = None if opts.use_ray else self.local_scorer()
         except (OSError, ValueError) as exc:
             raise EvalError(f"cannot load checkpoint {checkpoint}: {type(exc).__name__}: {exc}") from exc

@@ -81,9 +81,25 @@ def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad
         eval_every=plan.eval_every, checkpoint_every=plan.checkpoint_every, log_every=cfg.run.log_every,
         max_nonfinite_steps=cfg.run.max_nonfinite_steps,
         run_name=run_dir.name, wandb_project=cfg.logging.wandb_project, wandb_mode=cfg.logging.wandb_mode,
-        wandb_dir=str(run_dir),
+        wandb_dir=str(run_dir), render=render_metadata(cfg),
     )
     return replace(spec, **overrides)
+
+
+def encode_kwargs_for(cfg: TrainJobConfig, student_dir: str, teacher_dir: str | None) -> dict:
+    """The encode stage's settings of a run (the map-cache key depends on them)."""
+    return dict(
+        student_tokenizer_dir=student_dir, teacher_tokenizer_dir=teacher_dir,
+        student_max_len=cfg.student.max_len, teacher_max_len=cfg.teacher.max_len, template=cfg.student.render,
+    )
+
+
+def render_metadata(cfg: TrainJobConfig) -> dict:
+    """How the student read its text, saved in every checkpoint (`idrm_meta.json` "render"):
+    eval, the reward server and the PPO builder take it from there (DESIGN.md decision 9)."""
+    t = cfg.student.template
+    return {"chat_template": cfg.student.chat_template, "template": [t.prefix, t.separator, t.suffix],
+            "max_len": cfg.student.max_len}
 
 
 def methods_to_run(cfg: TrainJobConfig) -> list[str]:
@@ -135,12 +151,7 @@ def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_
                        run_dir=run_dir, **(spec_overrides or {}))
     distill = spec.id_settings is not None
     placement = cluster.stage_placement(cfg)
-    t = cfg.student.template
-    encode_kwargs = dict(
-        student_tokenizer_dir=student_dir, teacher_tokenizer_dir=teacher_dir,
-        student_max_len=cfg.student.max_len, teacher_max_len=cfg.teacher.max_len,
-        template=(t.prefix, t.separator, t.suffix) if (t.prefix or t.separator or t.suffix) else None,
-    )
+    encode_kwargs = encode_kwargs_for(cfg, student_dir, teacher_dir)
     # Units only matter where teacher maps are compared: BT training and every eval encode
     # with the student tokenizer standing in for the teacher (identity units, no extra tokenizing).
     student_only = {**encode_kwargs, "teacher_tokenizer_dir": None}

@@ -234,9 +234,7 @@ def score_pairs(checkpoint: str, examples, options: dict) -> tuple[np.ndarray, n
 
 
 def _encode_options(cfg) -> dict:
-    t = cfg.student.template
-    template = (t.prefix, t.separator, t.suffix) if (t.prefix or t.separator or t.suffix) else None
-    return {"max_len": cfg.student.max_len, "template": template, "batch_size": 32}
+    return {"max_len": cfg.student.max_len, "template": cfg.student.render, "batch_size": 32}
 
 
 def _score_task(cfg):

@@ -183,16 +183,31 @@ def _check_student_length(cfg: TrainJobConfig) -> None:
     t = cfg.student.template
     template = t.prefix + t.separator + t.suffix
     if cfg.student.name_or_path == "tiny":  # tokenizer not built yet: bytes + BOS/EOS bound it
+        if cfg.student.chat_template:
+            raise ConfigValueError("student.chat_template", True,
+                                   "the built-in tiny student's tokenizer has no chat template: set it to false")
         overhead = len(template.encode("utf-8")) + 2
     else:
         tok = _tokenizer(cfg.student.name_or_path)
         if tok is None:
             return
+        if cfg.student.chat_template:
+            template = _chat_overhead_text(tok, cfg.student.name_or_path)
         overhead = len(tok(template, add_special_tokens=True)["input_ids"])
     if cfg.student.max_len < overhead + MIN_CONTENT:
         raise ConfigValueError("student.max_len", cfg.student.max_len,
                                f"special and template tokens take {overhead}, leaving no room for text: "
                                f"set student.max_len >= {overhead + MIN_CONTENT} or shorten student.template")
+
+
+def _chat_overhead_text(tok, name: str) -> str:
+    """The student's chat template around an empty user and assistant turn (its fixed cost)."""
+    if not getattr(tok, "chat_template", None):
+        raise ConfigValueError("student.chat_template", True,
+                               f"the student tokenizer ({name}) has no chat template: set student.chat_template="
+                               "false, or use student.template for fixed text around prompt and response")
+    turns = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
+    return tok.apply_chat_template(turns, tokenize=False)
 
 
 def _check_teacher_length(cfg: TrainJobConfig, name: str) -> None:

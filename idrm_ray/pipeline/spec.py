@@ -54,6 +54,7 @@ class WorkerSpec:
     wandb_mode: str = "offline"
     wandb_dir: str = ""
     tags: dict = field(default_factory=dict)
+    render: dict = field(default_factory=dict)  # how the text was rendered (driver.render_metadata), saved with checkpoints
 
     def to_dict(self) -> dict:
         return asdict(self)

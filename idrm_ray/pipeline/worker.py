@@ -174,7 +174,8 @@ class _WorkerRun:
             if self.strategy.rank == 0:
                 save_reward_model(
                     self.model, cached_tokenizer(self.spec.student_dir), ckpt.model_dir(tmp),
-                    state_dict=state, metadata={"method": self.spec.method, **metrics, **extra},
+                    state_dict=state, metadata={"method": self.spec.method, "render": self.spec.render, **metrics,
+                                                **extra},
                 )
                 ckpt.write_progress(tmp, self.progress)
             self.strategy.save_state(ckpt.state_dir(tmp))

@@ -40,19 +40,9 @@ from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.pipeline import cluster, map_cache
 from idrm_ray.pipeline.assets import prepare_student, prepare_teacher
 from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset
-from idrm_ray.pipeline.driver import load_data, teacher_maps_stream, train_one
+from idrm_ray.pipeline.driver import encode_kwargs_for, load_data, teacher_maps_stream, train_one
 
 METRIC = "eval_accuracy"
-
-
-def encode_kwargs_for(cfg: TrainJobConfig, student_dir: str, teacher_dir: str) -> dict:
-    """Exactly as `driver.train_one` builds them (the cache key depends on them)."""
-    t = cfg.student.template
-    return dict(
-        student_tokenizer_dir=student_dir, teacher_tokenizer_dir=teacher_dir,
-        student_max_len=cfg.student.max_len, teacher_max_len=cfg.teacher.max_len,
-        template=(t.prefix, t.separator, t.suffix) if (t.prefix or t.separator or t.suffix) else None,
-    )
 
 
 def trial_config(base: dict, *, lam: float, top_n: int, output_dir: str, worker_wandb: bool = True) -> TrainJobConfig:
