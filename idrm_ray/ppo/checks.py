@@ -14,7 +14,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CheckError", "CheckpointInfo", "check_reward_checkpoint", "check_tokenizers_match", "is_local"]
+__all__ = [
+    "CheckError", "CheckpointInfo", "check_render", "check_reward_checkpoint", "check_tokenizers_match", "is_local",
+]
 
 PROBE_TEXT = "Human: Héllo, what's 2+2?\n\nAssistant: It is 4. 日本 🙂</s>"
 
@@ -100,6 +102,27 @@ def check_reward_checkpoint(path: str) -> CheckpointInfo:
         mean=float(config.get("mean", 0.0)), std=std, normalize_reward=bool(config.get("normalize_reward", False)),
         num_tensors=len(shapes),
     )
+
+
+def check_render(reward_path: str, *, apply_chat_template: bool) -> str:
+    """The reward model must read PPO's queries the way it was trained (DESIGN.md decision 9):
+    OpenRLHF's `--data.apply_chat_template` renders the policy's prompts with the chat template,
+    so a reward model trained on raw prompt + response would score text it never saw (and the
+    other way round). Refuses a mismatch with `CheckError`; returns a note otherwise."""
+    from idrm_ray.core.reward_model import read_metadata
+
+    render = read_metadata(reward_path).get("render")
+    if render is None:
+        return "reward checkpoint records no render setting (trained before it was saved): chat template not checked"
+    trained_chat = bool(render.get("chat_template"))
+    if trained_chat != apply_chat_template:
+        how = "with its tokenizer's chat template" if trained_chat else "on raw prompt + response (no chat template)"
+        fix = ("data.apply_chat_template=true" if trained_chat else
+               "data.apply_chat_template=false, or train the reward model with student.chat_template=true")
+        raise CheckError(f"{reward_path} was trained {how}, but PPO would send it "
+                         f"{'chat-templated' if apply_chat_template else 'raw'} queries "
+                         f"(data.apply_chat_template={str(apply_chat_template).lower()}): set {fix}")
+    return f"reward model and PPO queries agree on the chat template ({'on' if trained_chat else 'off'})"
 
 
 def _load_tokenizer(path: str):

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from idrm_ray.ppo.checks import CheckError, check_reward_checkpoint, check_tokenizers_match, is_local
+from idrm_ray.ppo.checks import CheckError, check_render, check_reward_checkpoint, check_tokenizers_match, is_local
 from idrm_ray.ppo.command import PPOLaunch, build_ppo_launch
 from idrm_ray.ppo.config import PPOJobConfig
 from idrm_ray.ppo.openrlhf_cli import FlagError, OpenRLHFMissing, check_ppo_flags
@@ -69,6 +69,7 @@ def preflight(cfg: PPOJobConfig, *, require_openrlhf: bool) -> tuple[PPOLaunch, 
                          f"[1, {info.hidden_size}], mean {info.mean:.4g}, std {info.std:.4g}")
             note = check_tokenizers_match(r.checkpoint, cfg.policy.model_name_or_path)
             notes.append(note or "reward tokenizer == policy tokenizer")
+            notes.append(check_render(r.checkpoint, apply_chat_template=cfg.data.apply_chat_template))
         else:
             notes.append(f"reward checkpoint {r.checkpoint} is not local: layout and tokenizer not checked")
     else:

@@ -203,3 +203,20 @@ def test_cli_dry_run_and_one_line_errors(dirs, capsys):
     err = capsys.readouterr().err
     assert err.startswith("idrm-ray: ppo check failed: reward tokenizer") and err.count("\n") == 1
     assert main(["ppo", "--help-config"]) == 0 and "reward.url" in capsys.readouterr().out
+
+
+def test_chat_template_mismatch_between_rm_and_ppo_is_refused(dirs, tmp_path, student_tokenizer):
+    """The render setting saved in the checkpoint (DESIGN.md decision 9) must agree with
+    OpenRLHF's --data.apply_chat_template, or PPO would score text the RM never saw."""
+    raw_rm = tmp_path / "raw_rm"
+    render = {"chat_template": False, "template": ["", "", ""], "max_len": 64}
+    save_reward_model(tiny.build_tiny_student(student_tokenizer, num_layers=1), student_tokenizer, raw_rm,
+                      metadata={"render": render})
+    with pytest.raises(CheckError, match="trained on raw prompt \\+ response.*data.apply_chat_template=false"):
+        preflight(cfg_for(dirs, f"reward.checkpoint={raw_rm}"), require_openrlhf=False)
+    _, notes = preflight(cfg_for(dirs, f"reward.checkpoint={raw_rm}", "data.apply_chat_template=false"),
+                         require_openrlhf=False)
+    assert any("agree on the chat template (off)" in n for n in notes)
+    # A checkpoint without the record is named as unchecked, not passed silently.
+    _, notes = preflight(cfg_for(dirs, f"reward.checkpoint={dirs / 'rm'}"), require_openrlhf=False)
+    assert any("chat template not checked" in n for n in notes)
