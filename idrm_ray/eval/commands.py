@@ -3,6 +3,8 @@
     idrm-ray eval --checkpoint runs/default/id/checkpoint --data allenai/reward-bench
     idrm-ray eval --checkpoint CKPT --data RMB_dataset/Pairwise_set --data Anthropic/hh-rlhf \\
         --baseline runs/default/bt/checkpoint --diagnostics
+    idrm-ray eval --checkpoint CKPT --data allenai/reward-bench-2 --data rm-bench/total_dataset.json \\
+        --data RMB_dataset/BoN_set                      # best-of-N sets: official section scores
     idrm-ray report runs/default runs/sweep-lam08 --output reports/lam
 
 Bad input (data, missing folders, bad flags) ends with one line and exit status 2.
@@ -25,15 +27,26 @@ def _template(text: str) -> tuple[str, str, str]:
 
 
 def add_eval_commands(sub) -> None:
-    p = sub.add_parser("eval", help="score eval sets (RewardBench, RMB, HH, generic) with a checkpoint; diagnostics")
+    p = sub.add_parser(
+        "eval", help="score eval sets (RewardBench 1/2, RM-Bench, RMB, HH, generic) with a checkpoint; diagnostics"
+    )
     p.add_argument("--checkpoint", required=True, help="reward-model directory (or hub id)")
     p.add_argument("--data", action="append", default=[], help="eval source: file, folder or hub id (repeatable)")
-    p.add_argument("--layout", default="auto", choices=("auto", "rewardbench", "rmb", "hh", "generic", "ultrafeedback"))
     p.add_argument(
-        "--split", default=None, help="hub split or folder split (default: filtered for RewardBench, test for HH)"
+        "--layout",
+        default="auto",
+        choices=("auto", "rewardbench", "rmb", "hh", "generic", "ultrafeedback", "rewardbench2", "rmbench", "rmb-bon"),
     )
     p.add_argument(
-        "--render", default="hh", choices=("hh", "raw"), help="RewardBench prompts as one HH turn (hh) or as is"
+        "--split",
+        default=None,
+        help="hub split or folder split (default: filtered for RewardBench, test for RewardBench 2 and HH)",
+    )
+    p.add_argument(
+        "--render",
+        default="hh",
+        choices=("hh", "raw"),
+        help="RewardBench 1/2 and RM-Bench prompts as one HH turn (hh) or as is",
     )
     p.add_argument("--output-dir", default=None, help="eval folder (default <run>/<method>/eval or eval/<name>)")
     p.add_argument("--label", default=None, help="model name in reports")
@@ -54,7 +67,10 @@ def add_eval_commands(sub) -> None:
         "--baseline", default=None, help="checkpoint or eval folder to test against (Wilcoxon, McNemar, bootstrap)"
     )
     p.add_argument(
-        "--pair-score", default="prob", choices=("prob", "margin", "outcome"), help="per-pair score for Wilcoxon"
+        "--pair-score",
+        default="prob",
+        choices=("prob", "margin", "outcome"),
+        help="per-pair (per-prompt) score for Wilcoxon",
     )
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)

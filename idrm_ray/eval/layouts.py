@@ -14,6 +14,14 @@ Layouts
   or a folder searched recursively). Groups are category paths. Auto: `conversation_input`.
 - `hh`, `generic` (and `ultrafeedback`): `idrm_ray.data.load_preferences`, no groups; hub
   default split `test` for hh.
+- `rewardbench2` (best-of-N, `rewardbench2.py`): `prompt`, `chosen` / `rejected` lists,
+  `subset`, `id`; hub default `allenai/reward-bench-2`, split `test`. Auto: `num_correct` or
+  `total_completions` in the row.
+- `rmbench` (`rmbench.py`): `prompt`, `chosen` / `rejected` lists of 3 styles, `domain`; hub
+  default `THU-KEG/RM-Bench`. Auto: list `chosen` and `rejected` without those counts.
+- `rmb-bon` (`rmb.py`): RMB's `BoN_set` rows. Auto: `bon_best`.
+The three best-of-N layouts load as a `bestofn.CompletionSet` (N completions per prompt);
+the others as an `EvalSet` of pairs.
 `render="hh"` (default) wraps a RewardBench prompt as one HH turn ("\\n\\nHuman: {prompt}
 \\n\\nAssistant:", responses with HH's leading space), matching HH-trained reward models;
 `render="raw"` keeps the strings as they are (use it with a chat `template`).
@@ -36,12 +44,19 @@ from idrm_ray.data import DataError, LoadReport, load_preferences
 from idrm_ray.data.errors import RowProblem, RowRef
 from idrm_ray.data.formats import convert_generic
 from idrm_ray.data.readers import resolve_source
-from idrm_ray.eval import rewardbench
-from idrm_ray.eval.rmb import convert_rmb, hh_response
+from idrm_ray.eval import rewardbench, rewardbench2, rmbench
+from idrm_ray.eval.bestofn import Candidates, CompletionSet
+from idrm_ray.eval.rmb import convert_rmb, convert_rmb_bon, hh_response
 
-LAYOUTS = ("auto", "rewardbench", "rmb", "hh", "generic", "ultrafeedback")
+BEST_OF_N_LAYOUTS = ("rewardbench2", "rmbench", "rmb-bon")
+LAYOUTS = ("auto", "rewardbench", "rmb", "hh", "generic", "ultrafeedback", *BEST_OF_N_LAYOUTS)
 RENDERS = ("hh", "raw")
-_HUB_LAYOUTS = {rewardbench.HUB_ID: ("rewardbench", rewardbench.HUB_SPLIT), "Anthropic/hh-rlhf": ("hh", "test")}
+_HUB_LAYOUTS = {
+    rewardbench.HUB_ID: ("rewardbench", rewardbench.HUB_SPLIT),
+    rewardbench2.HUB_ID: ("rewardbench2", rewardbench2.HUB_SPLIT),
+    rmbench.HUB_ID: ("rmbench", rmbench.HUB_SPLIT),
+    "Anthropic/hh-rlhf": ("hh", "test"),
+}
 
 
 @dataclass
@@ -118,8 +133,12 @@ def eval_files(source: str | os.PathLike, *, split: str | None, hub_kwargs: dict
 
 
 def detect_layout(row: dict[str, Any]) -> str:
+    if "bon_best" in row or "loser_list" in row:
+        return "rmb-bon"
     if "conversation_input" in row:
         return "rmb"
+    if isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):
+        return "rewardbench2" if ("num_correct" in row or "total_completions" in row) else "rmbench"
     if "subset" in row and isinstance(row.get("prompt"), str):
         return "rewardbench"
     return "preferences"  # generic / hh / ultrafeedback: load_preferences decides
@@ -150,7 +169,30 @@ def _convert_rewardbench(render: str) -> Callable:
     return convert
 
 
-def _read(files: list, convert: Callable, report: LoadReport, *, skip_bad_rows: bool, max_rows: int | None) -> list:
+def _convert_bestofn(layout: str, render: str) -> Callable:
+    """Row -> (Candidates, group, id) for a best-of-N layout; "hh" renders as RewardBench does."""
+
+    def convert(row: dict, file_name: str = "") -> tuple[Candidates, str, str | None]:
+        if layout == "rmb-bon":
+            return convert_rmb_bon(row)
+        if layout == "rmbench":
+            cand, group, uid = rmbench.convert_row(row, rmbench.domain_of(Path(file_name).name))
+        else:
+            cand, group, uid = rewardbench2.convert_row(row)
+        if render == "hh":
+            cand = Candidates(
+                f"\n\nHuman: {cand.prompt.strip()}\n\nAssistant:",
+                tuple(hh_response(c) for c in cand.completions),
+                cand.num_correct,
+            )
+        return cand, group, uid
+
+    return convert
+
+
+def _read(
+    files: list, convert: Callable, report: LoadReport, *, skip_bad_rows: bool, max_rows: int | None, per_file=False
+) -> list:
     out = []
     for data_file in files:
         report.files.append(data_file.name)
@@ -159,7 +201,7 @@ def _read(files: list, convert: Callable, report: LoadReport, *, skip_bad_rows: 
             try:
                 if isinstance(row, RowProblem):
                     raise row
-                out.append(convert(row))
+                out.append(convert(row, data_file.name) if per_file else convert(row))
             except RowProblem as problem:
                 err = DataError.at(ref, problem)
                 if not skip_bad_rows:
@@ -188,8 +230,9 @@ def load_eval_set(
     skip_bad_rows: bool = False,
     max_rows: int | None = None,
     hub_kwargs: dict | None = None,
-) -> EvalSet:
-    """Validated pairs of one eval source in one of `LAYOUTS` (see the module docstring)."""
+) -> EvalSet | CompletionSet:
+    """Validated pairs (or, for `BEST_OF_N_LAYOUTS`, prompts with N completions) of one eval
+    source in one of `LAYOUTS` (see the module docstring)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown eval layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     if render not in RENDERS:
@@ -213,12 +256,18 @@ def load_eval_set(
         )
     files = files or eval_files(text, split=split, hub_kwargs=hub_kwargs)
     report = LoadReport(source=text, format=layout)
-    convert = convert_rmb if layout == "rmb" else _convert_rewardbench(render)
-    rows = _read(files, convert, report, skip_bad_rows=skip_bad_rows, max_rows=max_rows)
+    bon = layout in BEST_OF_N_LAYOUTS
+    if bon:
+        convert = _convert_bestofn(layout, render)
+    else:
+        convert = convert_rmb if layout == "rmb" else _convert_rewardbench(render)
+    rows = _read(files, convert, report, skip_bad_rows=skip_bad_rows, max_rows=max_rows, per_file=bon)
     report.rows_kept = len(rows)
     if not rows:
         raise DataError(
             text, f"no valid rows (read {report.rows_read}, skipped {report.rows_skipped})", reason="no_rows"
         )
     ids = [uid if uid is not None else str(i) for i, (_, _, uid) in enumerate(rows)]
+    if bon:
+        return CompletionSet(_name_of(text), layout, text, [r[0] for r in rows], [r[1] for r in rows], ids, report)
     return EvalSet(_name_of(text), layout, text, [r[0] for r in rows], [r[1] for r in rows], ids, report)

@@ -72,7 +72,11 @@ def write_dataset_figures(folder: Path, results: dict) -> None:
 
 def _significance_md(sig: dict) -> str:
     w, m, d = sig["wilcoxon"], sig["mcnemar"], sig["accuracy_difference"]
+    lb = sig.get("leaderboard_difference")
     rows = [
+        ["leaderboard A - B, 95% paired bootstrap CI", f"{_f(lb['difference'])} [{_f(lb['ci'][0])}, {_f(lb['ci'][1])}]"]
+    ] if lb else []
+    rows += [
         ["accuracy (A = this model, B = baseline)", f"{_f(sig['accuracy_a'])} vs {_f(sig['accuracy_b'])}"],
         ["accuracy A - B, 95% bootstrap CI", f"{_f(d['difference'])} [{_f(d['ci'][0])}, {_f(d['ci'][1])}]"],
         [
@@ -87,6 +91,43 @@ def _significance_md(sig: dict) -> str:
     return f"Baseline: `{sig['baseline']}`\n\n" + _table(["test", "result"], rows)
 
 
+def _bestofn_md(results: dict) -> list[str]:
+    """Best-of-N sets: the official table (sections, leaderboard number with its bootstrap CI)."""
+    b = results["best_of_n"]
+    lo, hi = results["accuracy_ci95"]
+    parts = [
+        f"## {results['dataset']} ({b['layout']}, {b['n_prompts']} prompts, {b['n_completions']} completions)",
+        "",
+        f"Source `{results['source']}`. Mean per-prompt outcome **{_f(results['accuracy'])}** "
+        f"(95% CI {_f(lo)}-{_f(hi)}); prompts with a tie at the top {results['ties']}.",
+    ]
+    rows = []
+    if b["layout"] == "rmbench":
+        rows += [
+            [d, *(_f(v[k]) for k in ("hard", "normal", "easy", "avg"))] for d, v in results.get("domains", {}).items()
+        ]
+        if results.get("difficulty"):
+            rows.append(["mean of domains", *(_f(results["difficulty"][k]) for k in ("hard", "normal", "easy", "avg"))])
+        parts += ["", _table(["domain", "hard", "normal", "easy", "avg"], rows)]
+    else:
+        counts = {g: v["n"] for g, v in results.get("groups", {}).items()}
+        rows += [[s, str(counts.get(s, "")), _f(v)] for s, v in results.get("sections", {}).items()]
+        rows += [[f"RMB BoN {g}", str(v["n"]), _f(v["accuracy"])] for g, v in results.get("goals", {}).items()]
+        if rows:
+            parts += ["", _table(["section", "prompts", "score"], rows)]
+    lb = results.get("leaderboard")
+    if lb:
+        parts += ["", f"**{lb['name']}** (unweighted mean of the sections): **{_f(lb['value'])}** "
+                  f"(95% bootstrap CI {_f(lb['ci95'][0])}-{_f(lb['ci95'][1])})."]
+    ties = results.get("ties_subset")
+    if ties:
+        terms = ", ".join(f"{k} {_f(v)}" for k, v in ties.items() if k != "score")
+        parts += ["", f"Ties = 0.30 tied + 0.30 ref + 0.20 preferred + 0.20 preferred_hard + 0.01 margin: {terms}."]
+    if results.get("unknown_subsets"):
+        parts += ["", f"Subsets outside RewardBench 2's six: {', '.join(results['unknown_subsets'])}."]
+    return parts
+
+
 def dataset_md(results: dict, *, link_prefix: str = "") -> str:
     lo, hi = results["accuracy_ci95"]
     parts = [
@@ -94,6 +135,10 @@ def dataset_md(results: dict, *, link_prefix: str = "") -> str:
         "",
         f"Source `{results['source']}`. Accuracy **{_f(results['accuracy'])}** "
         f"(95% CI {_f(lo)}-{_f(hi)}), ties {results['ties']}.",
+    ]
+    if results.get("best_of_n"):
+        parts = _bestofn_md(results)
+    parts += [
         "",
         "Rows read {}, skipped {}; pairs cut to max_len {} ({} tokens).".format(
             *(
@@ -106,9 +151,9 @@ def dataset_md(results: dict, *, link_prefix: str = "") -> str:
     rows += [[s, "", _f(v)] for s, v in results.get("sections", {}).items()]
     if results.get("rewardbench_score") is not None:
         rows.append(["RewardBench score (mean of sections)", "", _f(results["rewardbench_score"])])
-    if rows:
+    if rows and not results.get("best_of_n"):  # best-of-N sets have their table above
         parts += ["", _table(["metric", "pairs", "accuracy"], rows)]
-    if results.get("unknown_subsets"):
+    if results.get("unknown_subsets") and not results.get("best_of_n"):
         parts += [
             "",
             f"Subsets outside RewardBench's table (not in any section): {', '.join(results['unknown_subsets'])}.",
@@ -242,12 +287,34 @@ def _paired_tests(entries: list[dict], dataset: str, *, n_boot: int) -> list[dic
     if len(have) < 2:
         return []
     (ref, ref_path), rest = have[0], have[1:]
+    from idrm_ray.eval.bon_results import is_bon_scores
+
+    if is_bon_scores(ref_path):
+        return _paired_bestofn_tests(entries, dataset, ref, ref_path, rest, n_boot=n_boot)
     ref_ids, rw, rl = read_scores(ref_path)
     out = []
     for e, p in rest:
         ids, w, l = read_scores(p)
         if ids == ref_ids:
             out.append({"a": e["label"], "b": ref["label"], **compare_models((w, l), (rw, rl), n_boot=n_boot)})
+    return out
+
+
+def _paired_bestofn_tests(entries, dataset: str, ref: dict, ref_path: Path, rest: list, *, n_boot: int) -> list[dict]:
+    """Best-of-N sets: per-prompt paired tests and the paired leaderboard bootstrap."""
+    from idrm_ray.eval.bon_results import is_bon_scores, read_bon_scores, significance_inputs
+    from idrm_ray.eval.significance import compare_prompt_outcomes
+
+    layout = entries[0]["evals"][dataset][1].get("best_of_n", {}).get("layout", "")
+    base = read_bon_scores(ref_path)
+    inputs = lambda s: significance_inputs(layout, s["groups"], s["ids"], s["scores"], s["num_correct"])  # noqa: E731
+    out = []
+    for e, p in rest:
+        other = read_bon_scores(p) if is_bon_scores(p) else None
+        same = other and other["ids"] == base["ids"]
+        if same and [len(x) for x in other["scores"]] == [len(x) for x in base["scores"]]:
+            test = compare_prompt_outcomes(inputs(other), inputs(base), n_boot=n_boot)
+            out.append({"a": e["label"], "b": ref["label"], **test})
     return out
 
 

@@ -48,6 +48,10 @@ def accuracy_metrics(evals: EvalSet, r_w: np.ndarray, r_l: np.ndarray, *, n_boot
 
 def headline(results: dict) -> dict[str, float]:
     """The numbers a comparison table shows for one data set."""
+    if results.get("best_of_n"):
+        from idrm_ray.eval.bon_results import bestofn_headline
+
+        return bestofn_headline(results)
     out = {"accuracy": results["accuracy"]}
     out.update({f"RMB {k}": v["accuracy"] for k, v in results.get("goals", {}).items()})
     out.update(dict(results.get("sections", {})))

@@ -4,14 +4,16 @@ attention diagnostics, write the eval folder.
     <out>/report.md                  all data sets: accuracy, sections/goals, significance, figures
     <out>/eval_summary.json          headline numbers per data set
     <out>/<data>/results.json        everything below in one JSON
-    <out>/<data>/scores.jsonl        per pair: id, group, r_chosen, r_rejected, outcome
+    <out>/<data>/scores.jsonl        per pair: id, group, r_chosen, r_rejected, outcome; best-of-N sets
+                                     (RewardBench 2, RM-Bench, RMB BoN): per prompt every completion's score
     <out>/<data>/accuracy.png        per subset / category; sections.png (RewardBench), goals
     <out>/<data>/stages.png, masking.png, token_view.html, token_view.png   (--diagnostics)
 
 `<out>` defaults to `<run>/<method>/eval` for a checkpoint inside a training run folder
 (`<run>/<method>/checkpoint`), else `eval/<checkpoint name>`. The student's `max_len` and
 template default to the run's `config.yaml` when there is one (else 1024 and none), so pairs
-are encoded as in training.
+are encoded as in training. `LoadedModel.template` is the one place the rendering template is
+chosen; pairs and best-of-N completions are both encoded through `encode_pairs` with it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from idrm_ray.eval.bestofn import CompletionSet, encode_completions, split_scores
 from idrm_ray.eval.layouts import EvalSet, load_eval_set
 from idrm_ray.eval.results import accuracy_metrics, headline, read_scores, write_scores
 from idrm_ray.eval.scoring import RewardScorer, encode_with_stats, pair_outcomes, split_pairs
@@ -136,7 +139,10 @@ class LoadedModel:
         o = self.opts
         return RewardScorer(self.checkpoint, device=o.device, dtype=o.dtype, batch_size=o.batch_size)
 
-    def encode(self, evals: EvalSet) -> tuple[list[np.ndarray], dict[str, int]]:
+    def encode(self, evals: EvalSet | CompletionSet) -> tuple[list[np.ndarray], dict[str, int]]:
+        """Pairs: [chosen_0, rejected_0, ...]; a CompletionSet: every completion in order."""
+        if isinstance(evals, CompletionSet):
+            return encode_completions(evals, self.tokenizer, max_len=self.max_len, template=self.template)
         return encode_with_stats(evals.examples, self.tokenizer, max_len=self.max_len, template=self.template)
 
     def score(self, seqs: list[np.ndarray]) -> np.ndarray:
@@ -203,7 +209,7 @@ def run_eval(opts: EvalOptions) -> dict:
     out_root.mkdir(parents=True, exist_ok=True)
     label = opts.label or default_label(opts.checkpoint)
     model = LoadedModel(opts.checkpoint, opts)
-    print(f"[idrm] eval {label}: {', '.join(f'{s.name} ({s.layout}, {len(s)} pairs)' for s in sets)} -> {out_root}")
+    print(f"[idrm] eval {label}: {', '.join(f'{s.name} ({s.layout}, {_size(s)})' for s in sets)} -> {out_root}")
     taken: set[str] = set()
     done = [_evaluate_one(opts, model, evals, _unique_dir(out_root, evals.name, taken), label) for evals in sets]
     if opts.diagnostics:
@@ -224,10 +230,16 @@ def run_eval(opts: EvalOptions) -> dict:
     return summary
 
 
-def _evaluate_one(opts: EvalOptions, model: LoadedModel, evals: EvalSet, folder: Path, label: str):
+def _size(s: EvalSet | CompletionSet) -> str:
+    return f"{len(s)} prompts, {s.n_completions} completions" if isinstance(s, CompletionSet) else f"{len(s)} pairs"
+
+
+def _evaluate_one(opts: EvalOptions, model: LoadedModel, evals: EvalSet | CompletionSet, folder: Path, label: str):
     """Score one data set: metrics, scores.jsonl, baseline tests, the masking curve.
     Returns (folder, results, diagnostics inputs or None) for the attention pass."""
     folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(evals, CompletionSet):
+        return _evaluate_bestofn(opts, model, evals, folder, label)
     t0 = time.perf_counter()
     seqs, truncated = model.encode(evals)
     r_w, r_l = split_pairs(model.score(seqs))
@@ -256,6 +268,67 @@ def _evaluate_one(opts: EvalOptions, model: LoadedModel, evals: EvalSet, folder:
     masking = masking_curve(model.scorer or model.local_scorer(), diag_seqs, bos_id=model.tokenizer.bos_token_id)
     results["diagnostics"] = {"pairs": idx.tolist(), "masking": masking}
     return folder, results, {"evals": evals, "idx": idx, "seqs": diag_seqs, "r_w": r_w, "r_l": r_l}
+
+
+def _evaluate_bestofn(opts: EvalOptions, model: LoadedModel, cset: CompletionSet, folder: Path, label: str):
+    """A best-of-N set: all completions scored in one pass, official sections, scores.jsonl.
+    The attention diagnostics are pairwise and are not run on these sets."""
+    from idrm_ray.eval.bon_results import bestofn_metrics, write_bon_scores
+
+    t0 = time.perf_counter()
+    seqs, truncated = model.encode(cset)
+    scores = split_scores(model.score(seqs), cset)
+    seconds = time.perf_counter() - t0
+    results = {
+        "label": label,
+        "dataset": folder.name,
+        "source": cset.source,
+        "layout": cset.layout,
+        "model": model.settings(),
+        "data": {**cset.report.metrics(), **{f"data/{k}": v for k, v in truncated.items()}},
+        **bestofn_metrics(cset, scores, n_boot=opts.n_boot, seed=opts.seed),
+        "completions_per_s": cset.n_completions / max(seconds, 1e-9),
+        "options": _options_dict(opts),
+    }
+    write_bon_scores(folder / "scores.jsonl", cset, scores)
+    print(f"[idrm] {folder.name}: {_official_line(results)} ({len(cset)} prompts, {seconds:.1f} s)")
+    if opts.baseline:
+        results["significance"] = _compare_bestofn_baseline(opts, cset, folder.name, scores)
+    if opts.diagnostics:
+        print(f"[idrm] {folder.name}: attention diagnostics are pairwise; skipped for a best-of-N set")
+    return folder, results, None
+
+
+def _official_line(results: dict) -> str:
+    """One line with the official numbers: the per-prompt accuracy, sections, leaderboard."""
+    from idrm_ray.eval.bon_results import bestofn_headline
+
+    return ", ".join(f"{k} {v:.4f}" for k, v in bestofn_headline(results).items())
+
+
+def _compare_bestofn_baseline(opts: EvalOptions, cset: CompletionSet, name: str, scores: list) -> dict:
+    from idrm_ray.eval.bon_results import is_bon_scores, read_bon_scores, significance_inputs
+    from idrm_ray.eval.significance import compare_prompt_outcomes
+
+    scores_file = _baseline_scores_file(opts.baseline, name)
+    if scores_file is not None:
+        base = read_bon_scores(scores_file) if is_bon_scores(scores_file) else None
+        if base is None or base["ids"] != cset.ids or [len(s) for s in base["scores"]] != [c.n for c in cset.items]:
+            raise EvalError(f"{scores_file}: its prompts or completions differ from {cset.source}")
+        b_scores, source = base["scores"], str(scores_file)
+    elif Path(opts.baseline, "config.json").is_file() or not Path(opts.baseline).exists():
+        other = LoadedModel(opts.baseline, opts)
+        b_scores, source = split_scores(other.score(other.encode(cset)[0]), cset), opts.baseline
+    else:
+        raise EvalError(
+            f"--baseline {opts.baseline}: neither a checkpoint (config.json) "
+            f"nor an eval folder with {name}/scores.jsonl"
+        )
+    k = [c.num_correct for c in cset.items]
+    a = significance_inputs(cset.layout, cset.groups, cset.ids, scores, k, opts.pair_score)
+    b = significance_inputs(cset.layout, cset.groups, cset.ids, b_scores, k, opts.pair_score)
+    out = compare_prompt_outcomes(a, b, n_boot=opts.n_boot, seed=opts.seed)
+    return {"baseline": source, "baseline_label": default_label(opts.baseline), **out}
 
 
 def _options_dict(opts: EvalOptions) -> dict:
@@ -307,6 +380,8 @@ def _attention_diagnostics(opts: EvalOptions, model: LoadedModel, done: list) ->
     eager = load_reward_model(opts.checkpoint, dtype=dtype, attn_implementation="eager").to(device).eval()
     bos, pad = model.tokenizer.bos_token_id, int(eager.config.pad_token_id or 0)
     for _, results, d in done:
+        if d is None:  # a best-of-N set: no pairwise diagnostics
+            continue
         idx, seqs, r_w, r_l = d["idx"], d["seqs"], d["r_w"], d["r_l"]
         attns, _ = reward_token_attention(eager, seqs, pad_id=pad, batch_size=max(1, opts.batch_size // 2))
         diag = results["diagnostics"]

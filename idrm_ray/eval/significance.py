@@ -139,3 +139,67 @@ def compare_models(
         },
         "alpha": alpha,
     }
+
+
+# -- best-of-N sets: per-prompt outcomes and leaderboard numbers ------------------------------
+
+
+def _weights(n_clusters: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, K) multiplicities of K clusters drawn with replacement."""
+    return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot).astype(np.float64)
+
+
+def leaderboard_draws(sections: list, *, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot,) leaderboard numbers (mean over sections) with clusters resampled within each
+    section; `sections` holds (fn of (B, K) weights -> (B,), K) as `bon_results` builds them."""
+    rng = np.random.default_rng(seed)
+    return np.mean([fn(_weights(k, n_boot, rng)) for fn, k in sections], axis=0)
+
+
+def leaderboard_bootstrap(sections: list, *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0):
+    if not sections:
+        return (float("nan"), float("nan"))
+    alpha = (1.0 - confidence) / 2
+    lo, hi = np.quantile(leaderboard_draws(sections, n_boot=n_boot, seed=seed), [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def compare_prompt_outcomes(
+    a: dict, b: dict, *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0, alpha: float = 0.05
+) -> dict:
+    """A vs B on the same prompts of a best-of-N set. `a` / `b`: {"outcome": (P,) per-prompt
+    outcomes in [0, 1], "score": (P,) the per-prompt score Wilcoxon ranks, "sections": the
+    leaderboard sections or []}. Same layout as `compare_models` (McNemar on outcome == 1),
+    plus the paired bootstrap of the leaderboard difference (the same clusters drawn for both)."""
+    out_a, out_b = np.asarray(a["outcome"], dtype=np.float64), np.asarray(b["outcome"], dtype=np.float64)
+    if out_a.shape != out_b.shape:
+        raise ValueError(f"models were scored on different prompt counts: {out_a.size} vs {out_b.size}")
+    wil = wilcoxon_signed_rank(a["score"], b["score"])
+    mc = mcnemar(out_a == 1.0, out_b == 1.0)
+    res = {
+        "n_pairs": int(out_a.size),
+        "accuracy_a": float(out_a.mean()),
+        "accuracy_b": float(out_b.mean()),
+        "ci_a": list(bootstrap_ci(out_a, n_boot=n_boot, confidence=confidence, seed=seed)),
+        "ci_b": list(bootstrap_ci(out_b, n_boot=n_boot, confidence=confidence, seed=seed + 1)),
+        "accuracy_difference": paired_bootstrap_diff(out_a, out_b, n_boot=n_boot, confidence=confidence, seed=seed + 2),
+        "wilcoxon": {"score": a.get("score_kind", "outcome"), **wil, "significant": wil["p_value"] < alpha},
+        "mcnemar": {
+            **mc,
+            "significant": mc["p_exact"] < alpha,
+            "ties_a": int(np.sum((out_a > 0) & (out_a < 1))),  # partial credit: "not correct" here
+            "ties_b": int(np.sum((out_b > 0) & (out_b < 1))),
+        },
+        "alpha": alpha,
+    }
+    if a.get("sections") and b.get("sections"):
+        diff = leaderboard_draws(a["sections"], n_boot=n_boot, seed=seed + 3) - leaderboard_draws(
+            b["sections"], n_boot=n_boot, seed=seed + 3
+        )
+        q = (1.0 - confidence) / 2
+        value = float(np.mean([fn(np.ones((1, k)))[0] for fn, k in a["sections"]])) - float(
+            np.mean([fn(np.ones((1, k)))[0] for fn, k in b["sections"]])
+        )
+        lo, hi = np.quantile(diff, [q, 1.0 - q])
+        res["leaderboard_difference"] = {"difference": value, "ci": [float(lo), float(hi)], "confidence": confidence}
+    return res
