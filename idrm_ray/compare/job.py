@@ -107,12 +107,14 @@ def run_compare(cfg: TrainJobConfig, variants: list[Variant], seeds: list[int], 
         print(f"[idrm] stage 2: {len(stage2)} methods built on the shared ensembles")
         rows.update(zip(keys, _first(run_tasks(_dispatch, stage2, limit=limit, shared={"train": train}))))
     results = score_finals(cfg, rows, variants, seeds, columns)
-    summary = summarise(results, columns=[c for c, _ in columns], methods=[v.name for v in variants])
+    names = [c for c, _ in columns] + _leaderboards(columns)  # leaderboard columns: beside, not in the avg
+    summary = summarise(results, columns=names, methods=[v.name for v in variants],
+                        average_over=[c for c, _ in columns])
     title = f"Accuracy by eval set ({len(seeds)} seeds, {len(train)} training pairs)"
-    write_tables(out, results, summary, columns=[c for c, _ in columns], title=title)
+    write_tables(out, results, summary, columns=names, title=title)
     bar_plot(out / "accuracy.png", summary, title=title)
     report = {"compare_dir": str(out), "wall_time_s": time.perf_counter() - t_start, "seeds": seeds,
-              "methods": [v.name for v in variants], "columns": [c for c, _ in columns], "data": counts,
+              "methods": [v.name for v in variants], "columns": names, "data": counts,
               "teachers": teachers, "concurrency": limit, "summary": summary,
               "runs": {f"{k[1]}/seed{k[2]}" if k[0] == "final" else f"{k[0]}-member{k[1]}/seed{k[2]}": r
                        for k, r in rows.items()}}
@@ -165,17 +167,24 @@ def prepare_teachers(cfg: TrainJobConfig, variants: list[Variant], out: Path) ->
 def eval_columns(cfg: TrainJobConfig, evals, sources: list[str] | None) -> list[tuple[str, list]]:
     """(column name, pairs) of the table. Default: the run's eval pairs, split by their
     `kind` / `subset` / `category` field when the file has one (the bundled set: kinds of
-    question). Given sources load through `idrm-ray eval`'s layouts (RewardBench, RMB, ...)."""
+    question). Given sources load through `idrm-ray eval`'s layouts (RewardBench, RMB, ...);
+    a best-of-N set (RewardBench 2, RM-Bench, RMB BoN) gives one column per official section,
+    scored by its rule (`eval.bon_results.compare_columns`)."""
     if not sources:
         path = bundled_path("pref_eval") if (cfg.data.eval in ("", "bundled") and cfg.data.train == "bundled") \
             else cfg.data.eval
         groups = _group_field(path, len(evals)) if path else None
         return _split(evals, groups) if groups else [("eval", evals)]
+    from idrm_ray.eval.bestofn import CompletionSet
+    from idrm_ray.eval.bon_results import compare_columns
     from idrm_ray.eval.layouts import load_eval_set
 
     columns = []
     for src in sources:
         es = load_eval_set(bundled_path("pref_eval") if src == "bundled" else src)
+        if isinstance(es, CompletionSet):
+            columns += compare_columns(es)
+            continue
         groups = es.groups if any(g is not None for g in es.groups) else _group_field(src, len(es))
         if groups:
             columns += [(f"{es.name}:{g}", ex) for g, ex in _split(es.examples, groups)]
@@ -207,7 +216,17 @@ def score_finals(cfg, rows: dict, variants, seeds, columns) -> list[dict]:
     jobs = [(v.name, s, rows[("final", v.name, s)]["checkpoint"]) for v in variants for s in seeds]
     results = []
     for (name, seed, _), g in zip(jobs, score_gaps(cfg, [c for _, _, c in jobs], flat)):
-        for (col, _), lo, hi in zip(columns, bounds[:-1], bounds[1:]):
-            results.append({"method": name, "seed": seed, "column": col, "accuracy": float(np.mean(g[lo:hi] > 0)),
-                            "pairs": int(hi - lo)})
+        for (col, ex), lo, hi in zip(columns, bounds[:-1], bounds[1:]):
+            score = getattr(ex, "score", None)  # best-of-N sections carry their official rule
+            acc = score(g[lo:hi]) if score else float(np.mean(g[lo:hi] > 0))
+            results.append({"method": name, "seed": seed, "column": col, "accuracy": acc, "pairs": int(hi - lo)})
+        mine = {r["column"]: r["accuracy"] for r in results[-len(columns):]}  # this run's columns
+        for board in _leaderboards(columns):  # unweighted mean of the set's sections, per run
+            parts = [mine[c] for c, ex in columns if getattr(ex, "leaderboard", None) == board]
+            results.append({"method": name, "seed": seed, "column": board, "accuracy": float(np.mean(parts)),
+                            "pairs": 0})
     return results
+
+
+def _leaderboards(columns) -> list[str]:
+    return list(dict.fromkeys(b for _, ex in columns if (b := getattr(ex, "leaderboard", None))))

@@ -19,8 +19,12 @@ import numpy as np
 AVG = "avg"
 
 
-def summarise(results: list[dict], *, columns: list[str], methods: list[str], baseline: str = "bt") -> list[dict]:
-    """results: {"method", "seed", "column", "accuracy"} rows -> one summary row per method."""
+def summarise(
+    results: list[dict], *, columns: list[str], methods: list[str], baseline: str = "bt", average_over=None
+) -> list[dict]:
+    """results: {"method", "seed", "column", "accuracy"} rows -> one summary row per method.
+    The average is over `average_over` (default: all columns; leaderboard columns stay out)."""
+    average_over = columns if average_over is None else average_over
     rows = []
     for method in methods:
         mine = [r for r in results if r["method"] == method]
@@ -28,7 +32,7 @@ def summarise(results: list[dict], *, columns: list[str], methods: list[str], ba
         row: dict = {"method": method, "seeds": len(seeds)}
         per_seed_avg = []
         for seed in seeds:
-            accs = [r["accuracy"] for r in mine if r["seed"] == seed and r["column"] in columns]
+            accs = [r["accuracy"] for r in mine if r["seed"] == seed and r["column"] in average_over]
             per_seed_avg.append(float(np.mean(accs)) if accs else math.nan)
         for col in columns:
             vals = [r["accuracy"] for r in mine if r["column"] == col]

@@ -227,3 +227,50 @@ def significance_inputs(layout, groups, ids, scores, num_correct, score_kind: st
         "score_kind": score_kind,
         "sections": list(sections.values()),
     }
+
+
+# -- `idrm-ray compare --eval`: best-of-N sets as table columns --------------------------------
+
+
+class BestOfNColumn(list):
+    """One section of a best-of-N set as a compare column: a list of pairs
+    (prompt, completion k, completion 0) for every completion k of the section's prompts, so
+    a pairwise scorer's gaps r_k - r_0 are each prompt's scores up to a constant, which no
+    official rule depends on (exactly: the difference of two float32 rewards is exact in
+    float64, so ties at the top survive). `score(gaps)` gives the official section score;
+    `leaderboard` names the column that averages the set's sections."""
+
+    def __init__(self, cset: CompletionSet, idx: list[int], section: str, leaderboard: str | None):
+        from idrm_ray.core.types import PreferenceExample
+
+        items = [cset.items[i] for i in idx]
+        super().__init__(PreferenceExample(c.prompt, x, c.completions[0]) for c in items for x in c.completions)
+        self.layout, self.section, self.leaderboard = cset.layout, section, leaderboard
+        self.groups, self.ids = [cset.groups[i] for i in idx], [cset.ids[i] for i in idx]
+        self.sizes, self.num_correct = [c.n for c in items], [c.num_correct for c in items]
+
+    def score(self, gaps: np.ndarray) -> float:
+        bounds = np.cumsum([0] + self.sizes)
+        scores = [np.asarray(gaps[lo:hi], dtype=np.float64) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        sections = leaderboard_sections(self.layout, self.groups, self.ids, scores, self.num_correct)
+        if self.section in sections:
+            return _section_value(*sections[self.section])
+        return float(prompt_outcomes(self.layout, self.groups, scores, self.num_correct).mean())
+
+
+def compare_columns(cset: CompletionSet) -> list[tuple[str, BestOfNColumn]]:
+    """("<set>:<section>", column) per official section (RMB BoN: per goal)."""
+    if cset.layout == "rmbench":
+        keys = [rmbench.domain_of(g) or rmbench.POOL for g in cset.groups]
+    elif cset.layout == "rmb-bon":
+        keys = [next((goal for goal in GOALS if goal in g.split("/")), g) for g in cset.groups]
+    else:
+        keys = list(cset.groups)
+    board = f"{cset.name}:{LEADERBOARD[cset.layout]}" if cset.layout in LEADERBOARD else None
+    order = list(dict.fromkeys(keys))
+    if cset.layout == "rewardbench2":
+        order = [s for s in rewardbench2.SUBSETS if s in order] + [s for s in order if s not in rewardbench2.SUBSETS]
+    return [
+        (f"{cset.name}:{key}", BestOfNColumn(cset, [i for i, k in enumerate(keys) if k == key], key, board))
+        for key in order
+    ]

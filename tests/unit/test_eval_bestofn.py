@@ -408,3 +408,38 @@ def test_eval_command_prints_and_writes_official_scores(tmp_path, student_tokeni
     assert main(base + ["--output-dir", str(tmp_path / "again"), "--baseline", str(out)]) == 0
     sig = json.loads((tmp_path / "again" / "rb2" / "results.json").read_text())["significance"]
     assert sig["leaderboard_difference"]["difference"] == 0.0 and sig["accuracy_difference"]["difference"] == 0.0
+    assert "leaderboard A - B" in (tmp_path / "again" / "report.md").read_text()
+    # idrm-ray report: the leaderboard numbers side by side, paired tests on the same prompts
+    from idrm_ray.eval.report import compare_runs
+
+    md = compare_runs([str(out), str(tmp_path / "again")], output_dir=str(tmp_path / "cmp"), n_boot=50).read_text()
+    assert "RewardBench 2 score" in md and "RM-Bench hard" in md and "Paired tests against the first run" in md
+
+
+# -- idrm-ray compare --eval: sections as columns -------------------------------------------------
+
+
+def test_compare_columns_score_the_official_sections(tmp_path):
+    from idrm_ray.compare.table import summarise
+    from idrm_ray.eval.bon_results import compare_columns
+
+    cset = load_eval_set(rb2_file(tmp_path))
+    by_id = {**RB2_SCORES, **{uid: s for uid, _, s in TIES}}
+    columns = compare_columns(cset)
+    assert [c for c, _ in columns] == ["rb2:Factuality", "rb2:Focus", "rb2:Ties"]
+    for name, col in columns:
+        # what a pairwise scorer returns for the column's pairs (completion k, completion 0): r_k - r_0
+        gaps = np.concatenate([np.array(by_id[uid], float) - by_id[uid][0] for uid in col.ids])
+        assert len(col) == len(gaps) and col.leaderboard == "rb2:RewardBench 2 score"
+        assert col.score(gaps) == pytest.approx(RB2_BY_HAND[name.split(":")[1]]), name
+    # the leaderboard column sits beside the sections and stays out of the table's average
+    rows = [{"method": "bt", "seed": 0, "column": c, "accuracy": v} for c, v in [("a", 0.5), ("b", 1.0), ("lb", 0.0)]]
+    (row,) = summarise(rows, columns=["a", "b", "lb"], methods=["bt"], average_over=["a", "b"])
+    assert row["avg"] == 0.75 and row["lb"] == 0.0
+
+    domains = ["chat", "chat", "safety-refuse", "safety-response"]
+    rm = write_jsonl(tmp_path / "rm.jsonl", [rmbench_row(i + 1, d) for i, d in enumerate(domains)])
+    cols = dict(compare_columns(load_eval_set(rm)))
+    gaps = [np.array(s, float) - s[0] for s in RMB_SCORES]
+    assert cols["rm:chat"].score(np.concatenate(gaps[:2])) == pytest.approx(1 / 3)
+    assert cols["rm:safety"].score(np.concatenate(gaps[2:])) == pytest.approx(0.5)
