@@ -2,11 +2,14 @@
 
     from idrm_ray.eval import load_eval_set, run_eval, EvalOptions, compare_runs
     evals = load_eval_set("allenai/reward-bench")                  # RewardBench, RMB, HH, generic
+    cset = load_eval_set("allenai/reward-bench-2")                 # best-of-N: RB2, RM-Bench, RMB BoN
     run_eval(EvalOptions(checkpoint="runs/default/id/checkpoint", data=("pairs.jsonl",), diagnostics=True))
     compare_runs(["runs/default", "runs/other"])
 
 Modules: `layouts` (reading and validating eval sets), `rewardbench` (the subset-to-section
-table, from allenai/reward-bench), `rmb` (RMB pairwise rows), `scoring` (batched rewards),
+table, from allenai/reward-bench), `rmb` (RMB pairwise and BoN rows), `bestofn` (sets of
+prompts with N completions, batched encoding), `rewardbench2` and `rmbench` (those benchmarks'
+official rules), `bon_results` (best-of-N metrics and scores files), `scoring` (batched rewards),
 `ray_scoring` (the same scorer as a Ray Data actor pool), `significance` (Wilcoxon, bootstrap,
 McNemar), `diagnostics` (the paper's Section 2 analyses), `plots`, `report`, `runner` (the
 eval command), `commands` (its CLI flags).
