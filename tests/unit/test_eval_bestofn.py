@@ -443,3 +443,25 @@ def test_compare_columns_score_the_official_sections(tmp_path):
     gaps = [np.array(s, float) - s[0] for s in RMB_SCORES]
     assert cols["rm:chat"].score(np.concatenate(gaps[:2])) == pytest.approx(1 / 3)
     assert cols["rm:safety"].score(np.concatenate(gaps[2:])) == pytest.approx(0.5)
+
+
+def test_cli_bad_best_of_n_row_is_one_line(tmp_path, capsys):
+    from idrm_ray.cli import main
+
+    # data is validated before any model is loaded: the checkpoint need not exist
+    path = write_jsonl(tmp_path / "rb2.jsonl", [rb2_row("ok", "Math", ["c"], ["r"]), rb2_row("x", "Math", ["c"], "r")])
+    assert main(["eval", "--checkpoint", str(tmp_path / "none"), "--data", str(path), "--layout", "rewardbench2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{path}, line 2: field 'rejected' must be a non-empty list" in err, err
+
+
+def test_cli_layout_choices_are_the_loaders():
+    import argparse
+
+    from idrm_ray.eval.commands import add_eval_commands
+    from idrm_ray.eval.layouts import LAYOUTS
+
+    parser = argparse.ArgumentParser()
+    add_eval_commands(parser.add_subparsers(dest="command"))
+    for layout in LAYOUTS:
+        assert parser.parse_args(["eval", "--checkpoint", "c", "--layout", layout]).layout == layout
