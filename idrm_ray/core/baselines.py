@@ -1,18 +1,24 @@
 """The baselines' own math (METHOD.md §10): AM-RM margins, LF-RM flips and label smoothing,
-WARM weight averaging and the InfoRM information-bottleneck head. Pure torch; the procedures
-that train ensembles live in `idrm_ray.pipeline.methods`.
+WARM weight averaging and the InfoRM information-bottleneck head. Pure torch (WARM's file
+average also reads and writes safetensors); the procedures that train ensembles live in
+`idrm_ray.pipeline.methods`.
 
     preference_strength   (M, P) member reward gaps -> mean μ̂ and spread σ̂ per pair (Secrets-II)
     am_margins            μ̂ clipped at >= 0 (the proxy margin of AM-RM without ratings)
     flip_mask             pairs whose labels LF-RM swaps (μ̂ < threshold, optionally a capped fraction)
     smoothed_bt_terms     -( (1-α) log σ(Δ) + α log(1-σ(Δ)) ) per pair (LF-RM's label smoothing)
     average_state_dicts   φ_WARM = Σ w_i φ_i / Σ w_i (uniform by default), streaming over members
+    average_safetensors   φ_WARM from the members' safetensors files, tensor by tensor (8B-sized models)
     IBRewardHead          InfoRM: Linear(d->2k) -> z = μ + σ ε (train) / μ (eval) -> Linear(k->1)
     inform_kl             InfoRM's KL term, as its code computes it (or per dimension)
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import json
+import math
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +97,144 @@ def average_state_dicts(
     if total <= 0:
         raise ValueError("nothing to average: no members (or weights summing to 0)")
     return {k: (acc[k] / total).to(v.dtype) if k in acc else v.clone() for k, v in first.items()}
+
+
+# -- WARM from files ------------------------------------------------------------------------
+# average_state_dicts needs every member loaded as a model; at 8B that is 32 GB per fp32 copy.
+# Here each tensor is read from the members' safetensors files in row chunks, averaged in
+# fp64 and streamed into the output file, so the peak is one chunk per member, not one model.
+
+SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
+CHUNK_BYTES = 16 << 20  # fp64 accumulator per chunk of rows (a 4096-wide fp32 row is 32 KiB)
+SHARD_BYTES = 5 << 30  # output file size, as `save_pretrained` shards
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+def safetensors_layout(model_dir: str | Path) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
+    """key -> (file, safetensors dtype, shape) of an HF checkpoint directory, single-file or
+    sharded (`model.safetensors.index.json`). Tied weights are stored once by
+    `save_pretrained`, so only the stored names appear (and are averaged once)."""
+    from safetensors import safe_open
+
+    folder = Path(model_dir)
+    if (folder / SAFE_INDEX).exists():
+        files = sorted({folder / f for f in json.loads((folder / SAFE_INDEX).read_text())["weight_map"].values()})
+    elif (folder / SAFE_WEIGHTS).exists():
+        files = [folder / SAFE_WEIGHTS]
+    else:
+        raise ValueError(f"{folder}: no {SAFE_WEIGHTS} or {SAFE_INDEX}; WARM averages safetensors checkpoints")
+    layout = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                part = f.get_slice(key)
+                if part.get_dtype() not in _DTYPES:
+                    raise ValueError(f"{file}: {key} is stored as {part.get_dtype()}, which WARM cannot average")
+                layout[key] = (file, part.get_dtype(), tuple(part.get_shape()))
+    return layout
+
+
+def _check_members(members: Sequence[str | Path], layouts: list[dict]) -> None:
+    """One line naming the member that cannot be averaged with member 0."""
+    first = layouts[0]
+    for member, layout in zip(members[1:], layouts[1:]):
+        if set(layout) != set(first):
+            diff = sorted(set(first) ^ set(layout))[:3]
+            raise ValueError(f"WARM member {member} has different parameters than {members[0]} (e.g. {diff}); "
+                             "WARM needs members fine-tuned from the same initialisation")
+        for key, (file, _, shape) in layout.items():
+            if shape != first[key][2]:
+                raise ValueError(f"WARM member {file}: parameter {key} has shape {shape}, "
+                                 f"{first[key][0]} has {first[key][2]}")
+
+
+def _read(file: Path, key: str, rows: slice | None) -> torch.Tensor:
+    """Rows of one stored tensor (all of it when rows is None). The file is opened per read
+    so its memory map, and the pages the read touched, are released at once."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        return f.get_tensor(key) if rows is None else f.get_slice(key)[rows]
+
+
+def _mean_chunks(layouts: list[dict], key: str, *, chunk_bytes: int) -> Iterator[torch.Tensor]:
+    """The member mean of one tensor, chunk by chunk of rows, in member 0's dtype; integer
+    buffers (not weights) are taken from member 0, as average_state_dicts does."""
+    file, dtype, shape = layouts[0][key]
+    out_dtype = _DTYPES[dtype]
+    if not out_dtype.is_floating_point:
+        yield _read(file, key, None)
+        return
+    step = max(1, chunk_bytes // max(1, math.prod(shape[1:]) * 8))  # rows per fp64 chunk
+    spans = [slice(s, min(s + step, shape[0])) for s in range(0, shape[0], step)] if shape else [None]
+    for rows in spans:
+        acc = _read(file, key, rows).to(torch.float64, copy=True)
+        for layout in layouts[1:]:
+            acc += _read(layout[key][0], key, rows)  # cast element-wise, no fp64 copy of the read
+        yield acc.div_(len(layouts)).to(out_dtype)
+
+
+def _write_safetensors(path: Path, entries: list[tuple[str, str, tuple]], chunks) -> None:
+    """A safetensors file written as a stream: the header is known from dtypes and shapes,
+    then each tensor's bytes follow from `chunks(key)` in order, never the whole file in
+    memory (safetensors' own writers take a complete dict)."""
+    header, offset = {}, 0
+    for key, dtype, shape in entries:
+        size = math.prod(shape) * _DTYPES[dtype].itemsize
+        header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header["__metadata__"] = {"format": "pt"}  # transformers refuses files without it
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data aligned to 8 bytes, as safetensors pads
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for key, _, _ in entries:
+            for chunk in chunks(key):
+                f.write(chunk.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def average_safetensors(
+    members: Sequence[str | Path], out_dir: str | Path, *, shard_bytes: int = SHARD_BYTES,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> list[Path]:
+    """φ_WARM = mean of the members' weights, written to `out_dir` as `model.safetensors` (or
+    shards plus `model.safetensors.index.json`, as `save_pretrained` names them) in member
+    0's names, order and dtypes. Members must have the same stored names and shapes (refused
+    with one line naming the file otherwise). Memory: about `chunk_bytes` of fp64 plus one
+    chunk per member, whatever the model size. Returns the written files."""
+    if not members:
+        raise ValueError("nothing to average: no members")
+    layouts = [safetensors_layout(m) for m in members]
+    _check_members(members, layouts)
+    entries = [(key, dtype, shape) for key, (_, dtype, shape) in layouts[0].items()]
+    shards, size = [[]], 0
+    for entry in entries:
+        n = math.prod(entry[2]) * _DTYPES[entry[1]].itemsize
+        if shards[-1] and size + n > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += n
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("model*.safetensors"), out / SAFE_INDEX]:
+        stale.unlink(missing_ok=True)  # a previous average's shards
+    names = [SAFE_WEIGHTS] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+
+    def chunks(key):
+        return _mean_chunks(layouts, key, chunk_bytes=chunk_bytes)
+
+    for name, shard in zip(names, shards):
+        _write_safetensors(out / name, shard, chunks)
+    if len(shards) > 1:
+        total = sum(math.prod(s) * _DTYPES[d].itemsize for _, d, s in entries)
+        weight_map = {key: name for name, shard in zip(names, shards) for key, _, _ in shard}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return [out / n for n in names]
 
 
 class IBRewardHead(nn.Module):

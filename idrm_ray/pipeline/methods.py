@@ -24,7 +24,7 @@ import numpy as np
 import ray
 import torch
 
-from idrm_ray.core.baselines import am_margins, average_state_dicts, flip_mask, preference_strength
+from idrm_ray.core.baselines import am_margins, flip_mask, preference_strength
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.pipeline import cluster
 from idrm_ray.pipeline.driver import train_one
@@ -182,23 +182,43 @@ def _warm(cfg, plan, *, method, name, distill, train, members, student_dir, teac
                                                   **common)
         sources = [r["checkpoint"] for r in rows]
     out = run_dir / name / "checkpoint"
-    average_checkpoints(sources, out, metadata={"method": method, "variant": cfg.method.warm.variant})
+    average_checkpoints(cfg, sources, out, metadata={"method": method, "variant": cfg.method.warm.variant})
     metrics = evaluate_checkpoint(cfg, str(out), evals)
     print(f"[idrm] {name}: averaged {len(sources)} models -> {out} (eval accuracy {metrics['eval_accuracy']:.3f})")
     return {"method": method, **metrics, "checkpoint": str(out), "averaged_models": len(sources),
             "wall_time_s": time.perf_counter() - t0, "steps": rows[0].get("steps"), **_member_summary(rows)}
 
 
-def average_checkpoints(sources: list[str], out: Path, *, metadata: dict) -> Path:
-    """φ_WARM: the uniform average of reward-model checkpoints with one architecture and
-    init, saved as an ordinary reward-model directory (one member in memory at a time)."""
-    from idrm_ray.core.reward_model import cached_tokenizer, load_reward_model, save_reward_model
+def average_checkpoints(cfg, sources: list[str], out: Path, *, metadata: dict) -> Path:
+    """φ_WARM of reward-model checkpoints with one architecture and init (`write_average`),
+    in a Ray task placed like a student worker: the driver never holds a member, and the
+    task holds one chunk of each tensor at a time (DESIGN.md decision 10)."""
+    task = ray.remote(write_average).options(**_student_slot(cfg), max_retries=1)
+    return Path(ray.get(task.remote([str(s) for s in sources], str(out), metadata=metadata)))
 
-    states = (load_reward_model(s, dtype=torch.float32).state_dict() for s in sources)
-    averaged = average_state_dicts(states)
-    model = load_reward_model(sources[0], dtype=torch.float32)
-    model.load_state_dict(averaged)
-    return save_reward_model(model, cached_tokenizer(sources[0]), out, metadata={**metadata, "averaged": sources})
+
+def write_average(sources: list[str], out: str, *, metadata: dict, **limits) -> str:
+    """The uniform average of `sources`, streamed tensor by tensor from their safetensors
+    (`average_safetensors`; `limits`: its shard/chunk sizes), saved as an ordinary reward-model
+    directory: member 0's config with OpenRLHF's reward fields reset, its tokenizer, and
+    `idrm_meta.json` with `metadata` over the settings every member's metadata agrees on
+    (e.g. the chat template; numbers are the members' own metrics and are left out)."""
+    from transformers import AutoConfig
+
+    from idrm_ray.core.baselines import average_safetensors
+    from idrm_ray.core.reward_model import META_FILE, VALUE_HEAD_PREFIX, cached_tokenizer, read_metadata
+
+    average_safetensors(sources, out, **limits)
+    config = AutoConfig.from_pretrained(sources[0])
+    config.value_head_prefix, config.mean, config.std, config.normalize_reward = VALUE_HEAD_PREFIX, 0.0, 1.0, False
+    config.save_pretrained(out)
+    cached_tokenizer(sources[0]).save_pretrained(out)
+    metas = [read_metadata(s) for s in sources]
+    agreed = {k: v for k, v in metas[0].items() if all(m.get(k) == v for m in metas)}
+    settings = {k: v for k, v in agreed.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+    meta = {**settings, **metadata, "averaged": list(sources)}
+    (Path(out) / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    return str(out)
 
 
 # -- scoring --------------------------------------------------------------------------------
@@ -238,13 +258,18 @@ def _encode_options(cfg) -> dict:
 
 
 def _score_task(cfg):
+    return ray.remote(score_pairs).options(**_student_slot(cfg), max_retries=1)
+
+
+def _student_slot(cfg) -> dict:
+    """Ray options that put a task where a train worker goes: one CPU (its CPUs and GPUs
+    when use_gpu) and the student node type's custom resource when the cluster asks for it."""
     res = cfg.resources
-    options: dict = {"num_cpus": 1, "max_retries": 1}
+    options: dict = {"num_cpus": 1}
     if res.use_gpu:
         options.update(num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker)
-    return ray.remote(score_pairs).options(**options)
-
-
+    custom = {k: v for k, v in cluster.scaling_config(cfg).resources_per_worker.items() if k not in ("CPU", "GPU")}
+    return {**options, "resources": custom} if custom else options
 
 
 # -- records --------------------------------------------------------------------------------
