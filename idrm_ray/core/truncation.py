@@ -84,8 +84,27 @@ def window_units(
     return stats, valid, (kept_s > 0) | (kept_t > 0)
 
 
+MAP_UNITS = ("teacher_window", "either_window")
+
+
+def units_for_maps(valid: np.ndarray, present: np.ndarray, rule: str) -> np.ndarray:
+    """(U,) bool: the units a pair's maps are built over (DESIGN.md decision 8).
+
+    "teacher_window" (default): the valid units, all inside the teacher's window, so the
+    maps scale with the teacher's window; tokens of the other units (student tokens past
+    the teacher's window, whitespace the teacher drops) get unit -1: they stay in the
+    forwards but not in L_ID, exactly as an invalid unit's tokens did.
+    "either_window": the former rule, every unit with a kept token in either window
+    (invalid units shipped as zero rows/columns; kept for the byte comparison)."""
+    if rule not in MAP_UNITS:
+        raise ValueError(f"map_units must be one of {MAP_UNITS}, got {rule!r}")
+    return valid if rule == "teacher_window" else present
+
+
 def renumber_units(unit: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """Token->unit after dropping the units where `present` (U,) is False; -1 stays -1."""
+    """Token->unit after dropping the units where `present` (U,) is False; tokens of a
+    dropped unit and -1 map to -1."""
+    present = np.asarray(present, dtype=bool)
     # (U + 1,) old unit -> new unit; the trailing -1 is what index -1 (no unit) reads.
-    new_index = np.append(np.cumsum(present) - 1, -1)
+    new_index = np.append(np.where(present, np.cumsum(present) - 1, -1), -1)
     return new_index[unit]

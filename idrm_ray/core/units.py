@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from idrm_ray.core.truncation import content_budget, renumber_units, window_keep, window_units
+from idrm_ray.core.truncation import content_budget, renumber_units, units_for_maps, window_keep, window_units
 from idrm_ray.core.types import AlignmentStats, PairEncoding, PreferenceBatch, PreferenceExample
 
 # ----------------------------------------------------------------------------- units
@@ -202,7 +202,13 @@ class _Half(NamedTuple):
 
 
 def _encode_half(
-    student: _Tokens, teacher: _Tokens, lay: _Layout, *, student_max_len: int, teacher_budget: int
+    student: _Tokens,
+    teacher: _Tokens,
+    lay: _Layout,
+    *,
+    student_max_len: int,
+    teacher_budget: int,
+    map_rule: str = "teacher_window",
 ) -> _Half:
     content_offsets, s_content = _content_offsets(student, lay)
     spans, s_unit, t_unit = common_units(lay.prompt + lay.response, content_offsets, teacher.offsets)
@@ -212,8 +218,9 @@ def _encode_half(
     # ones have no unit but still take a position in the window.
     t_keep = window_keep(np.ones(len(teacher.ids), bool), teacher.offsets[:, 0] < lay.prompt, budget=teacher_budget)
     stats, valid, present = window_units(s_unit, s_keep, t_unit, t_keep, num_units=len(spans))
-    # [D] Units left in neither window appear in neither forward; dropping them keeps
-    # the (U, U) maps bounded by the windows, not by the raw text length.
+    # [D] Maps cover only the valid units (DESIGN.md decision 8): (U, U) is bounded by the
+    # teacher's window, not the student's. Stats still count every unit of the text.
+    present = units_for_maps(valid, present, map_rule)
     return _Half(
         student_ids=student.ids[s_keep],
         student_unit=renumber_units(s_unit[s_keep], present),
@@ -261,9 +268,11 @@ def encode_pairs(
     student_max_len: int,
     teacher_max_len: int = 512,
     template: tuple[str, str, str] | None = None,
+    map_units: str = "teacher_window",
 ) -> list[PairEncoding]:
     """Align and truncate a list of pairs with two batched tokenizer calls (see
-    `encode_pair`). Halves are ordered [chosen_0, rejected_0, chosen_1, ...]."""
+    `encode_pair`). Halves are ordered [chosen_0, rejected_0, chosen_1, ...].
+    `map_units`: which units the maps cover (`truncation.units_for_maps`)."""
     if not examples:
         return []
     if student_tokenizer.eos_token_id is None:
@@ -282,6 +291,7 @@ def encode_pairs(
             _Layout(len(prefix), len(prompt), len(separator), len(response)),
             student_max_len=student_max_len,
             teacher_budget=teacher_budget,
+            map_rule=map_units,
         )
         for s, t, (prompt, response) in zip(student, teacher, halves)
     ]
@@ -296,6 +306,7 @@ def encode_pair(
     student_max_len: int,
     teacher_max_len: int = 512,
     template: tuple[str, str, str] | None = None,
+    map_units: str = "teacher_window",
 ) -> PairEncoding:
     """One pair: the student reads `prefix + prompt + separator + response + suffix`
     per half with its own specials and a final EOS; the teacher reads its own pair
@@ -310,6 +321,7 @@ def encode_pair(
         student_max_len=student_max_len,
         teacher_max_len=teacher_max_len,
         template=template,
+        map_units=map_units,
     )[0]
 
 

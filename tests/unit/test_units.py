@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
 from idrm_ray.core import tiny
-from idrm_ray.core.truncation import keep_counts, window_keep
+from idrm_ray.core.truncation import keep_counts, renumber_units, units_for_maps, window_keep
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.core.units import collate_pairs, common_units, encode_pair, encode_pairs, teacher_pair_format, unit_matrix
 
@@ -159,7 +159,7 @@ def test_window_keep_cuts_prompt_left_response_right():
 # ----------------------------------------------------------------------------- encode_pair
 
 
-def check_encoding(enc, ex, student_tok, *, student_max_len, teacher_max_len):
+def check_encoding(enc, ex, student_tok, *, student_max_len, teacher_max_len, map_units="teacher_window"):
     """Structural invariants every PairEncoding must satisfy."""
     for half, response in (("w", ex.chosen), ("l", ex.rejected)):
         ids, unit = getattr(enc, f"student_ids_{half}"), getattr(enc, f"student_unit_{half}")
@@ -173,8 +173,10 @@ def check_encoding(enc, ex, student_tok, *, student_max_len, teacher_max_len):
         assert s_units.max(initial=-1) < len(spans)
         ids_u = np.arange(len(spans))
         np.testing.assert_array_equal(valid, np.isin(ids_u, s_units) & np.isin(ids_u, t_units))
-        # Units in neither window are dropped, so every unit is used by some token.
-        assert set(s_units.tolist()) | set(t_units.tolist()) == set(range(len(spans)))
+        if map_units == "teacher_window":  # maps cover only units with tokens in both windows
+            assert valid.all()
+        else:  # units in neither window are dropped, so every unit is used by some token
+            assert set(s_units.tolist()) | set(t_units.tolist()) == set(range(len(spans)))
     assert len(enc.teacher_ids) <= teacher_max_len
     assert enc.teacher_unit.max(initial=-1) < enc.n_units_w + enc.n_units_l
     assert enc.teacher_ids.shape == enc.teacher_type_ids.shape == enc.teacher_unit.shape
@@ -185,8 +187,8 @@ def check_encoding(enc, ex, student_tok, *, student_max_len, teacher_max_len):
 )
 def test_encode_pair_matches_tokenizers_without_truncation(prompt, student_tokenizer, teacher):
     ex = PreferenceExample(prompt, " The cat likes 🙂 the ball.", "   no\tway…")
-    enc = encode_pair(ex, student_tokenizer, teacher, student_max_len=512)
-    check_encoding(enc, ex, student_tokenizer, student_max_len=512, teacher_max_len=512)
+    enc = encode_pair(ex, student_tokenizer, teacher, student_max_len=512, map_units="either_window")
+    check_encoding(enc, ex, student_tokenizer, student_max_len=512, teacher_max_len=512, map_units="either_window")
     a, b = ex.prompt + ex.chosen, ex.prompt + ex.rejected
     pair = teacher(a, b, return_token_type_ids=True)
     assert enc.teacher_ids.tolist() == pair["input_ids"]  # the tokenizer's own pair format
@@ -279,9 +281,10 @@ def test_truncation_keeps_latest_prompt_and_earliest_response(student_tokenizer,
 
 
 def test_units_outside_teacher_window_are_invalid_but_kept_by_student(student_tokenizer, teacher):
+    # The former rule (units in either window), still reachable for the byte comparison.
     ex = PreferenceExample(long_text(120, seed=5), " " + long_text(120, seed=6), " short")
-    enc = encode_pair(ex, student_tokenizer, teacher, student_max_len=4096, teacher_max_len=40)
-    check_encoding(enc, ex, student_tokenizer, student_max_len=4096, teacher_max_len=40)
+    enc = encode_pair(ex, student_tokenizer, teacher, student_max_len=4096, teacher_max_len=40, map_units="either_window")
+    check_encoding(enc, ex, student_tokenizer, student_max_len=4096, teacher_max_len=40, map_units="either_window")
     a = ex.prompt + ex.chosen
     assert enc.student_ids_w.tolist() == student_tokenizer(a)["input_ids"] + [student_tokenizer.eos_token_id]
     # Teacher window (40 - 3) // 2 = 18 -> 9 + 9 around the prompt/response junction.
@@ -305,13 +308,52 @@ def test_units_outside_teacher_window_are_invalid_but_kept_by_student(student_to
 def test_units_outside_student_window_are_invalid(student_tokenizer, teacher):
     # The teacher sees the whole half, the student only BOS + 22 content tokens + EOS.
     ex = PreferenceExample(long_text(12, seed=11), " " + long_text(12, seed=12), " ok")
-    enc = encode_pair(ex, student_tokenizer, teacher, student_max_len=24)
-    check_encoding(enc, ex, student_tokenizer, student_max_len=24, teacher_max_len=512)
+    enc = encode_pair(ex, student_tokenizer, teacher, student_max_len=24, map_units="either_window")
+    check_encoding(enc, ex, student_tokenizer, student_max_len=24, teacher_max_len=512, map_units="either_window")
     assert enc.stats.teacher_tokens_truncated == 0 and len(enc.student_ids_w) == 24
     in_student = np.isin(np.arange(enc.n_units_w), enc.student_unit_w)
     assert not in_student[0] and not in_student[-1]  # present through the teacher only
     assert not enc.unit_valid_w[~in_student].any() and enc.unit_valid_w.sum() > 5
     assert enc.stats.units_outside_student > 0 and enc.stats.units_outside_teacher == 0
+
+
+def test_renumber_units_by_hand():
+    # Units 0..3 with unit 1 dropped: 0 -> 0, 1 -> -1, 2 -> 1, 3 -> 2; -1 stays -1.
+    got = renumber_units(np.array([0, 1, 2, -1, 3, 1]), np.array([True, False, True, True]))
+    assert got.tolist() == [0, -1, 1, -1, 2, -1]
+
+
+def test_units_for_maps_rules():
+    valid, present = np.array([1, 0, 1, 0], bool), np.array([1, 1, 1, 0], bool)
+    assert units_for_maps(valid, present, "teacher_window").tolist() == [True, False, True, False]
+    assert units_for_maps(valid, present, "either_window").tolist() == [True, True, True, False]
+    with pytest.raises(ValueError, match="map_units"):
+        units_for_maps(valid, present, "student_window")
+
+
+@pytest.mark.parametrize("student_max_len,teacher_max_len", [(4096, 40), (24, 512), (64, 48)])
+def test_maps_cover_only_the_valid_units(student_max_len, teacher_max_len, student_tokenizer, teacher):
+    # DESIGN.md decision 8: the default keeps exactly the former rule's valid units,
+    # renumbered; tokens of every other unit get -1 on both sides; ids and stats unchanged.
+    ex = PreferenceExample(long_text(120, seed=5), " " + long_text(120, seed=6), " short")
+    kw = dict(student_max_len=student_max_len, teacher_max_len=teacher_max_len)
+    new = encode_pair(ex, student_tokenizer, teacher, **kw)
+    old = encode_pair(ex, student_tokenizer, teacher, map_units="either_window", **kw)
+    check_encoding(new, ex, student_tokenizer, **kw)
+    assert new.stats == old.stats  # units outside either window are still counted
+    for name in ("student_ids_w", "student_ids_l", "teacher_ids", "teacher_type_ids"):
+        np.testing.assert_array_equal(getattr(new, name), getattr(old, name))
+    for h in "wl":
+        v = getattr(old, f"unit_valid_{h}")
+        for name in (f"unit_spans_{h}", f"unit_response_{h}"):
+            np.testing.assert_array_equal(getattr(new, name), getattr(old, name)[v])
+        np.testing.assert_array_equal(getattr(new, f"student_unit_{h}"), renumber_units(getattr(old, f"student_unit_{h}"), v))
+    both = np.concatenate([old.unit_valid_w, old.unit_valid_l])
+    np.testing.assert_array_equal(new.teacher_unit, renumber_units(old.teacher_unit, both))
+    # Every unit holds a teacher token inside the window, so U_w + U_l <= the teacher's content.
+    n_content = len(new.teacher_ids) - teacher_pair_format(teacher).num_specials
+    assert new.n_units_w + new.n_units_l <= n_content
+    assert new.n_units_w + new.n_units_l < old.n_units_w + old.n_units_l
 
 
 def test_very_long_input_both_sides(student_tokenizer, teacher):
