@@ -212,6 +212,11 @@ def write_eval_report(out_root: Path, results: list[dict], *, label: str) -> Pat
         f"Checkpoint `{first.get('checkpoint')}`, max_len {first.get('max_len')}, "
         f"template {first.get('template')!r}. Pair outcome: 1 if r(chosen) > r(rejected), 0.5 on a tie.",
     ]
+    if any(r.get("best_of_n") for r in results):
+        head[-1] += (
+            " Best-of-N sets: per-prompt outcome by the benchmark's rule (RewardBench 2: 1/k for a k-way tie"
+            " at the top, 0 below it; RM-Bench: share of the 9 style pairs won; RMB BoN: best above all losers)."
+        )
     body = [dataset_md(r, link_prefix=f"{r['dataset']}/") for r in results]
     path = Path(out_root) / "report.md"
     path.write_text("\n\n".join(["\n".join(head), *body]) + "\n", encoding="utf-8")
