@@ -268,6 +268,8 @@ def load_eval_set(
             text, f"no valid rows (read {report.rows_read}, skipped {report.rows_skipped})", reason="no_rows"
         )
     ids = [uid if uid is not None else str(i) for i, (_, _, uid) in enumerate(rows)]
+    if layout == "rewardbench2" and (dup := rewardbench2.duplicate_ties_ids([r[1] for r in rows], ids)):
+        raise DataError(text, f"Ties ids used by more than one row: {', '.join(dup[:5])}", reason="duplicate_id")
     if bon:
         return CompletionSet(_name_of(text), layout, text, [r[0] for r in rows], [r[1] for r in rows], ids, report)
     return EvalSet(_name_of(text), layout, text, [r[0] for r in rows], [r[1] for r in rows], ids, report)

@@ -111,6 +111,8 @@ def ties_terms(ids: Sequence[str], scores: Sequence[np.ndarray], num_correct: Se
     for uid, s, k in zip(ids, scores, num_correct):
         s = np.asarray(s, dtype=np.float64)
         spread = float(s[:k].max() - s[:k].min()) if k > 1 else None
+        if ties_key(uid) in stats:
+            raise ValueError(f"Ties id {uid!r} appears twice")  # layouts.py rejects such files first
         stats[ties_key(uid)] = (correct_margin(s, k), spread)
     both = sorted({key for kind, key in stats if kind == "ref"} & {key for kind, key in stats if kind == "tied"})
     return {
@@ -127,7 +129,8 @@ def ties_terms(ids: Sequence[str], scores: Sequence[np.ndarray], num_correct: Se
 
 def ties_from_terms(t: Mapping[str, np.ndarray]) -> dict[str, float]:
     """The Ties score and its five terms (module docstring) from `ties_terms` arrays."""
-    mean = lambda a: float(np.mean(a)) if len(a) else 0.0  # noqa: E731  (an empty part counts 0, as upstream)
+    # an empty part counts 0 (upstream: 0.0 for no ref / tied rows, nan for no id with both)
+    mean = lambda a: float(np.mean(a)) if len(a) else 0.0  # noqa: E731
     hard = np.minimum(t["ref_margin"], t["tied_margin"])
     with np.errstate(divide="ignore", invalid="ignore"):
         margin = np.nan_to_num(np.tanh(hard / t["spread"] - 1.0), nan=0.0)
@@ -143,6 +146,15 @@ def ties_from_terms(t: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 def ties_score(ids: Sequence[str], scores: Sequence[np.ndarray], num_correct: Sequence[int]) -> dict[str, float]:
     return ties_from_terms(ties_terms(ids, scores, num_correct))
+
+
+def duplicate_ties_ids(subsets: Sequence[str], ids: Sequence[str]) -> list[str]:
+    """Ties ids used by more than one row (upstream would pool their completions silently)."""
+    seen: dict[tuple[str, str], int] = {}
+    for s, uid in zip(subsets, ids):
+        if is_ties(s):
+            seen[ties_key(uid)] = seen.get(ties_key(uid), 0) + 1
+    return [f"{kind}:{key}" for (kind, key), n in seen.items() if n > 1]
 
 
 def subset_scores(

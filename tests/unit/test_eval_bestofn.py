@@ -465,3 +465,9 @@ def test_cli_layout_choices_are_the_loaders():
     add_eval_commands(parser.add_subparsers(dest="command"))
     for layout in LAYOUTS:
         assert parser.parse_args(["eval", "--checkpoint", "c", "--layout", layout]).layout == layout
+
+
+def test_duplicate_ties_ids_are_one_line(tmp_path):
+    rows = [rb2_row("ref:1", "Ties", ["c"], ["r"]), rb2_row("ref:01", "Ties", ["c"], ["r"])]  # prompt id 1 twice
+    path = write_jsonl(tmp_path / "rb2.jsonl", rows)
+    _one_line_error(lambda: load_eval_set(path), str(path), "Ties ids used by more than one row: ref:1")
