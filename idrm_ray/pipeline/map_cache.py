@@ -8,9 +8,10 @@ a run with N smaller than the cached N_max reads only its blocks; `_SUCCESS` mar
 complete cache (written last, so an interrupted write is never read).
 
 The key is a content hash of everything the maps depend on: the teacher's files
-(weights, config, tokenizer), the student tokenizer's files (unit alignment), every
-pair's text, the encode settings, N_max and the map normalisation. Any change gives a
-new key; nothing is ever overwritten in place.
+(weights, config, tokenizer), the student's tokenizer files only (unit alignment; its
+weights, 16 GB at 8B, do not change the maps), every pair's text, the encode settings,
+N_max and the map normalisation; a hub id counts by the commit of its locally cached
+snapshot. Any change gives a new key; nothing is ever overwritten in place.
 """
 from __future__ import annotations
 
@@ -29,15 +30,38 @@ from idrm_ray.pipeline.records import ENCODING_COLUMNS, STAT_PREFIX
 FORMAT_VERSION = "maps-v1"
 BLOCK_PREFIX = "teacher_maps_k"
 _HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".pt")
+# What a tokenizer is made of, as `save_pretrained` names it: fast and slow vocabularies,
+# BPE merges, sentencepiece (`tokenizer.model`, `spiece.model`) and tiktoken models, templates.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja", "chat_template.json")
+_TOKENIZER_SUFFIXES = (".model", ".tiktoken")
 
 
-def _hash_path(h: "hashlib._Hash", name_or_path: str) -> None:
-    """Hash a local model directory's files (content) or, for a hub id, the id itself."""
+def hub_revision(repo_id: str) -> str:
+    """The commit of the locally cached snapshot of a hub id (its default revision, resolved
+    offline by huggingface_hub), or "unresolved" with a note when none is cached."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True)).name
+    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), not a repo id (HFValidationError)
+        print(f"[idrm] map cache: no local snapshot of {repo_id!r}; its key uses the name only, so a new "
+              "revision will not invalidate maps cached for it")
+        return "unresolved"
+
+
+def _hash_path(h: "hashlib._Hash", name_or_path: str, *, tokenizer_only: bool = False) -> None:
+    """Hash a local model directory's files (content; with `tokenizer_only`, its top-level
+    tokenizer files, or everything when it has none) or, for a hub id, its cached revision."""
     path = Path(name_or_path)
     if not path.exists():
-        h.update(f"hub:{name_or_path}".encode())
+        h.update(f"hub:{name_or_path}@{hub_revision(name_or_path)}".encode())
         return
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
+    if tokenizer_only:
+        tokenizer = sorted(p for p in path.iterdir() if p.is_file() and
+                           (p.name in TOKENIZER_FILES or p.suffix in _TOKENIZER_SUFFIXES))
+        files = tokenizer or files
     for file in files:
         h.update(str(file.relative_to(path)).encode())
         with open(file, "rb") as f:
@@ -55,8 +79,8 @@ def cache_key(
     renormalize: bool,
 ) -> str:
     h = hashlib.sha256(FORMAT_VERSION.encode())
-    _hash_path(h, teacher_dir)
-    _hash_path(h, student_dir)
+    _hash_path(h, teacher_dir)  # the teacher's weights make the maps
+    _hash_path(h, student_dir, tokenizer_only=True)  # the student's tokenizer only aligns units
     settings = {k: v for k, v in encode_kwargs.items() if not k.endswith("tokenizer_dir")}
     h.update(json.dumps({"encode": settings, "blocks": num_blocks, "renorm": renormalize}, sort_keys=True).encode())
     for ex in examples:
