@@ -81,3 +81,25 @@ def test_refuses_members_that_cannot_be_averaged(tmp_path):
     with pytest.raises(ValueError, match=r"bin: no model\.safetensors"):
         average_safetensors([base, tmp_path / "bin"], tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_tied_weights_are_averaged_once_and_stay_tied(tmp_path):
+    """`save_pretrained` stores a tied LM head once (under the embedding's name): the average
+    has the same stored names and loads with the head tied to the averaged embedding."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / f"m{seed}")
+        members.append(tmp_path / f"m{seed}")
+    assert "lm_head.weight" not in load_file(str(members[0] / SAFE_WEIGHTS))  # stored once
+    average_safetensors(members, tmp_path / "out")
+    config.save_pretrained(tmp_path / "out")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    want = (load_file(str(members[0] / SAFE_WEIGHTS))["model.embed_tokens.weight"]
+            + load_file(str(members[1] / SAFE_WEIGHTS))["model.embed_tokens.weight"]) / 2
+    torch.testing.assert_close(model.model.embed_tokens.weight.data, want)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
