@@ -33,9 +33,11 @@ from idrm_ray.core.baselines import SAFE_INDEX, SAFE_WEIGHTS, average_state_dict
 METHODS = ("old", "new")
 
 
-def make_members(model, tokenizer, folder: Path, count: int, *, noise: float = 1e-3, seed: int = 0) -> list[str]:
+def make_members(model, tokenizer, folder: Path, count: int, *, noise: float = 1e-3, seed: int = 0,
+                 metadata: dict | None = None) -> list[str]:
     """`count` reward-model checkpoints of `model`, each with Gaussian noise (std `noise`)
-    added to every parameter on top of the previous member's (members differ pairwise)."""
+    added to every parameter on top of the previous member's (members differ pairwise), and
+    `metadata` plus its index in `idrm_meta.json`."""
     from idrm_ray.core.reward_model import save_reward_model
 
     gen = torch.Generator().manual_seed(seed)
@@ -44,7 +46,7 @@ def make_members(model, tokenizer, folder: Path, count: int, *, noise: float = 1
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * noise)
-        paths.append(str(save_reward_model(model, tokenizer, folder / f"member{i}", metadata={"member": i})))
+        paths.append(str(save_reward_model(model, tokenizer, folder / f"member{i}", metadata={**(metadata or {}), "member": i})))
     return paths
 
 

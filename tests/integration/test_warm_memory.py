@@ -51,10 +51,12 @@ def test_average_checkpoints_runs_as_a_ray_task(ray_session, make_config, studen
     from idrm_ray.pipeline.methods import average_checkpoints
 
     model = tiny.build_tiny_student(student_tokenizer, num_layers=2)
-    sources = make_members(model, student_tokenizer, tmp_path / "members", 2, noise=0.1)
+    render = {"chat_template": True, "template": ["", "", ""], "max_len": 64}  # as the worker records it
+    sources = make_members(model, student_tokenizer, tmp_path / "members", 2, noise=0.1, metadata={"render": render})
     cfg = make_config(tmp_path, "warm")
     out = average_checkpoints(cfg, sources, tmp_path / "avg", metadata={"method": "warm", "variant": "members"})
     _assert_is_the_mean(str(out), sources)
     meta = read_metadata(out)
     assert meta["method"] == "warm" and meta["averaged"] == sources
+    assert meta["render"] == render  # what every member was trained on (DESIGN.md decision 9)
     assert "member" not in meta  # a number that differs per member is not the average's
