@@ -99,8 +99,12 @@ def _tokenize(tokenizer, texts: list[str], *, add_special_tokens: bool) -> list[
         verbose=False,  # long inputs are truncated here, not by the tokenizer
     )
     rows = zip(enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"])
+    # The mask flags only what the post-processor added; special tokens written in the text
+    # (chat markers such as <|im_end|>, or a prompt quoting one) are specials too: no unit.
+    specials = np.asarray(sorted(set(getattr(tokenizer, "all_special_ids", None) or [])), np.int64)
     return [
-        _Tokens(np.asarray(i, np.int64), np.asarray(o, np.int64).reshape(-1, 2), np.asarray(m, bool)) for i, o, m in rows
+        _Tokens(ids, np.asarray(o, np.int64).reshape(-1, 2), np.asarray(m, bool) | np.isin(ids, specials))
+        for ids, o, m in ((np.asarray(i, np.int64), o, m) for i, o, m in rows)
     ]
 
 
@@ -164,12 +168,17 @@ def teacher_pair_format(tokenizer) -> PairFormat:
 
 
 class _Layout(NamedTuple):
-    """Character layout of the student string prefix + prompt + separator + response + suffix."""
+    """Character layout of the student string prefix + prompt[p0:p1] + separator +
+    response[r0:r1] + suffix. `prompt`/`response` are the raw lengths (content
+    coordinates); the spans are what a chat template kept (`core/chat.py`: only whitespace
+    at the ends may be dropped), the whole strings otherwise."""
 
     prefix: int
     prompt: int
     separator: int
     response: int
+    prompt_span: tuple[int, int] | None = None  # None: (0, prompt)
+    response_span: tuple[int, int] | None = None  # None: (0, response)
 
 
 def _content_offsets(tokens: _Tokens, lay: _Layout) -> tuple[np.ndarray, np.ndarray]:
@@ -178,14 +187,16 @@ def _content_offsets(tokens: _Tokens, lay: _Layout) -> tuple[np.ndarray, np.ndar
     content part; tokens with no content character (template, specials) get (0, 0).
     Returns offsets (n, 2) and is_content (n,) bool."""
     s, e = tokens.offsets.T
-    p0, p1 = lay.prefix, lay.prefix + lay.prompt
+    (pa, pb), (ra, rb) = lay.prompt_span or (0, lay.prompt), lay.response_span or (0, lay.response)
+    p0, p1 = lay.prefix, lay.prefix + (pb - pa)  # the prompt's characters in the student string
     r0 = p1 + lay.separator
-    r1 = r0 + lay.response
+    r1 = r0 + (rb - ra)
     ps, pe = np.maximum(s, p0), np.minimum(e, p1)
     rs, re = np.maximum(s, r0), np.minimum(e, r1)
     has_p, has_r = (pe > ps) & ~tokens.special, (re > rs) & ~tokens.special
-    start = np.where(has_p, ps - p0, rs - r0 + lay.prompt)
-    end = np.where(has_r, re - r0 + lay.prompt, pe - p0)
+    # String position -> content position: shift by the region start and by what was trimmed.
+    start = np.where(has_p, ps - p0 + pa, rs - r0 + ra + lay.prompt)
+    end = np.where(has_r, re - r0 + ra + lay.prompt, pe - p0 + pa)
     is_content = has_p | has_r
     return np.where(is_content[:, None], np.stack([start, end], axis=1), 0), is_content
 
@@ -236,6 +247,31 @@ def _encode_half(
 # ----------------------------------------------------------------------------- pairs
 
 
+def _student_texts(
+    halves: list[tuple[str, str]], tokenizer, template: tuple[str, str, str] | str | None
+) -> tuple[list[str], list[_Layout], bool]:
+    """The student's strings, their layouts and whether the tokenizer adds its specials.
+    "chat": the tokenizer's chat template per half (`core/chat.py`), tokenized without added
+    specials as OpenRLHF's reward dataset does (the template writes BOS where one belongs);
+    a tuple: fixed (prefix, separator, suffix) text, tokenized with the specials (BOS)."""
+    if isinstance(template, str):
+        if template != "chat":
+            raise ValueError(f"template {template!r}: use 'chat', a (prefix, separator, suffix) tuple or None")
+        from idrm_ray.core.chat import chat_parts, chat_render
+
+        parts = chat_parts(tokenizer)  # one clear ValueError for a tokenizer with no chat template
+        renders = [chat_render(tokenizer, prompt, response, parts=parts) for prompt, response in halves]
+        layouts = [
+            _Layout(len(r.prefix), len(p), len(r.separator), len(y), r.prompt_span, r.response_span)
+            for r, (p, y) in zip(renders, halves)
+        ]
+        return [r.text(p, y) for r, (p, y) in zip(renders, halves)], layouts, False
+    prefix, separator, suffix = template or ("", "", "")
+    texts = [prefix + prompt + separator + response + suffix for prompt, response in halves]
+    layouts = [_Layout(len(prefix), len(prompt), len(separator), len(response)) for prompt, response in halves]
+    return texts, layouts, True
+
+
 def _join(w: _Half, l: _Half, fmt: PairFormat) -> PairEncoding:
     # One global unit numbering on the teacher: rejected units follow the chosen ones.
     l_unit = np.where(l.teacher_unit >= 0, l.teacher_unit + len(w.spans), -1)
@@ -267,7 +303,7 @@ def encode_pairs(
     *,
     student_max_len: int,
     teacher_max_len: int = 512,
-    template: tuple[str, str, str] | None = None,
+    template: tuple[str, str, str] | str | None = None,
     map_units: str = "teacher_window",
 ) -> list[PairEncoding]:
     """Align and truncate a list of pairs with two batched tokenizer calls (see
@@ -277,23 +313,22 @@ def encode_pairs(
         return []
     if student_tokenizer.eos_token_id is None:
         raise ValueError("the student tokenizer needs an EOS token: the reward is read there")
-    prefix, separator, suffix = template or ("", "", "")
     fmt = teacher_pair_format(teacher_tokenizer)
     teacher_budget = content_budget(teacher_max_len, fmt.num_specials, what="teacher") // 2
     halves = [(ex.prompt, response) for ex in examples for response in (ex.chosen, ex.rejected)]
-    student_texts = [prefix + prompt + separator + response + suffix for prompt, response in halves]
-    student = _tokenize(student_tokenizer, student_texts, add_special_tokens=True)
+    student_texts, layouts, add_specials = _student_texts(halves, student_tokenizer, template)
+    student = _tokenize(student_tokenizer, student_texts, add_special_tokens=add_specials)
     teacher = _tokenize(teacher_tokenizer, [prompt + response for prompt, response in halves], add_special_tokens=False)
     encoded = [
         _encode_half(
             _with_eos(s, student_tokenizer.eos_token_id),
             t,
-            _Layout(len(prefix), len(prompt), len(separator), len(response)),
+            lay,
             student_max_len=student_max_len,
             teacher_budget=teacher_budget,
             map_rule=map_units,
         )
-        for s, t, (prompt, response) in zip(student, teacher, halves)
+        for s, t, lay in zip(student, teacher, layouts)
     ]
     return [_join(encoded[i], encoded[i + 1], fmt) for i in range(0, len(encoded), 2)]
 
@@ -305,13 +340,15 @@ def encode_pair(
     *,
     student_max_len: int,
     teacher_max_len: int = 512,
-    template: tuple[str, str, str] | None = None,
+    template: tuple[str, str, str] | str | None = None,
     map_units: str = "teacher_window",
 ) -> PairEncoding:
     """One pair: the student reads `prefix + prompt + separator + response + suffix`
     per half with its own specials and a final EOS; the teacher reads its own pair
     format with A = prompt+chosen and B = prompt+rejected (`template` = (prefix,
-    separator, suffix), default all empty). Truncation: METHOD.md §6 / `truncation.py`,
+    separator, suffix), default all empty; "chat": the student tokenizer's chat template,
+    prompt as the user turn and response as the assistant turn, `core/chat.py`; template
+    text and specials map to no unit either way). Truncation: METHOD.md §6 / `truncation.py`,
     the student over its whole sequence, the teacher per half with
     (teacher_max_len - #specials) // 2 tokens each."""
     return encode_pairs(

@@ -418,3 +418,76 @@ def test_collate_pairs_shapes_and_padding(student_tokenizer, teacher_tokenizer):
     assert not batch.unit_valid_w[short, encs[short].n_units_w :].any()
     assert batch.unit_valid_w.dtype == torch.bool and batch.margin.tolist() == [1.0, 0.5]
     assert collate_pairs(encs, pad_id=pad).margin is None
+
+
+# ----------------------------------------------------------------------------- chat templates
+
+# ChatML with a default system turn (as SmolLM2's), and a Llama-3-like one that trims turns
+# and writes BOS itself; the tiny student's EOS is </s>.
+CHATML = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}{{ '<s>system\\nBe brief.</s>\\n' }}"
+    "{% endif %}{{ '<s>' + m['role'] + '\\n' + m['content'] + '</s>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<s>assistant\\n' }}{% endif %}"
+)
+TRIMMING = (
+    "{{ bos_token }}{% for m in messages %}{{ '[' + m['role'] + ']\\n' + (m['content'] | trim) + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '[assistant]\\n' }}{% endif %}"
+)
+
+
+def _with_template(tokenizer, template):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = template
+    return tok
+
+
+def _openrlhf_text(tok, prompt, response):
+    # OpenRLHF's reward dataset: preprocess_data with a prompt key, then __getitem__'s rstrip/EOS rule.
+    from openrlhf.datasets.reward_dataset import preprocess_data
+
+    data = {"p": [{"role": "user", "content": prompt}], "c": [{"role": "assistant", "content": response}],
+            "r": [{"role": "assistant", "content": response}]}
+    p, c, _, _ = preprocess_data(data, None, "p", "c", "r", tok.apply_chat_template)
+    text = (p + c).rstrip("\n")
+    return text if text.endswith(tok.eos_token) else text + " " + tok.eos_token
+
+
+def _content_of_units(enc, content):
+    return [content[a:b] for a, b in enc.unit_spans_w]
+
+
+@pytest.mark.parametrize("template", [CHATML, TRIMMING], ids=["chatml", "trimming"])
+def test_chat_template_text_is_openrlhfs_and_template_maps_to_no_unit(template, student_tokenizer, teacher_tokenizer):
+    from idrm_ray.core.chat import chat_render
+
+    tok = _with_template(student_tokenizer, template)
+    ex = PreferenceExample("  Where is the cat?\n", " On the mat.\n\n", "No idea")
+    for response in (ex.chosen, ex.rejected):
+        r = chat_render(tok, ex.prompt, response)
+        assert r.text(ex.prompt, response) == _openrlhf_text(tok, ex.prompt, response)
+    enc = encode_pair(ex, tok, teacher_tokenizer, student_max_len=128, template="chat", map_units="either_window")
+    want = tok(_openrlhf_text(tok, ex.prompt, ex.chosen), add_special_tokens=False)["input_ids"]
+    assert enc.student_ids_w.tolist() == want  # no added BOS, and the last token is EOS
+    assert want[-1] == tok.eos_token_id and want.count(tok.bos_token_id) == (3 if template == CHATML else 1)
+    # Only content tokens have a unit, and units only hold content characters.
+    content = ex.prompt + ex.chosen
+    units = _content_of_units(enc, content)
+    assert "".join("".join(units).split()) == "".join(content.split())  # every visible character once
+    decoded = [tok.decode([i]) for i, u in zip(enc.student_ids_w, enc.student_unit_w) if u >= 0]
+    assert not any(m in "".join(decoded) for m in ("<s>", "</s>", "system", "assistant", "[user]"))
+
+
+def test_chat_template_errors(student_tokenizer, teacher_tokenizer):
+    from idrm_ray.core.chat import chat_layout
+
+    with pytest.raises(ValueError, match="no chat template"):
+        encode_pair(HH, student_tokenizer, teacher_tokenizer, student_max_len=64, template="chat")
+    upper = _with_template(student_tokenizer, TRIMMING.replace("| trim", "| upper"))
+    with pytest.raises(ValueError, match="changes the prompt or response"):
+        encode_pair(HH, upper, teacher_tokenizer, student_max_len=64, template="chat")
+    with pytest.raises(ValueError, match="trims whitespace"):
+        chat_layout(_with_template(student_tokenizer, TRIMMING), HH.prompt, HH.chosen)
+    with pytest.raises(ValueError, match="template 'chatml'"):
+        encode_pair(HH, student_tokenizer, teacher_tokenizer, student_max_len=64, template="chatml")
