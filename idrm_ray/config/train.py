@@ -194,6 +194,9 @@ class IDConfig:
     block_reduction: Literal["sum", "mean"] = param(
         "sum", "Combine the four block terms as Eq. 8 (sum) or average them (factor 4 folds into λ).")
     chunk_rows: int | None = param(None, "Query rows per chunk of the simulated maps (null: from a memory budget).")
+    teacher_head_renorm: bool = param(
+        False, "Renormalise each teacher head over the kept keys before the head mean (default: head mean first, "
+               "then renormalise, METHOD.md §6); part of the map-cache key.")
 
     def __post_init__(self):
         require(self, self.lam >= 0, "lam", "λ must be >= 0 (use method.name=bt for no distillation)")

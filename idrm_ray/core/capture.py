@@ -152,7 +152,8 @@ class QKCapture:
         self.model = model
         self.top_n = top_n
         self.keep_pre_rope = keep_pre_rope
-        self.head_dim = attention_layout(model).head_dim
+        self.layout = attention_layout(model)
+        self.head_dim = self.layout.head_dim
         self._backbone, layers = _find_layers(model)
         self._attns = [layers[len(layers) - 1 - k].self_attn for k in range(top_n)]  # k=0 the top block
         self._ropes = [_rope_fn(a) for a in self._attns]
@@ -253,8 +254,8 @@ class QKCapture:
             q_pre.append(q)
             k_pre.append(kk)
         if not self.keep_pre_rope:
-            return CapturedQK(q=qs, k=ks)
-        return CapturedQK(q=qs, k=ks, q_pre=q_pre, k_pre=k_pre)
+            return CapturedQK(q=qs, k=ks, scaling=self.layout.scaling)
+        return CapturedQK(q=qs, k=ks, q_pre=q_pre, k_pre=k_pre, scaling=self.layout.scaling)
 
 
 def capture_qk(model: PreTrainedModel, *, top_n: int = 1, keep_pre_rope: bool = False) -> QKCapture:

@@ -33,6 +33,7 @@ class IDSettings:
     response_only_inter: bool = False  # restrict L_inter to response units
     block_reduction: str = "sum"  # Eq. 8 sums the block terms; "mean" averages them
     chunk_rows: int | None = None  # query rows per chunk of the simulated maps (None: auto)
+    teacher_head_renorm: bool = False  # teacher side only (TeacherAttention): per-head renorm before the head mean
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def preference_loss(
         rewards = forward(batch.input_ids, batch.attention_mask)
     l_bt, metrics = _bt_part(rewards, batch, num_pairs, bt, ib_head)
     student = simulated_maps(
-        cap.result(), batch, inter_keys=settings.inter_keys, mode=settings.mode, chunk_rows=settings.chunk_rows
+        cap.result(), batch, inter_keys=settings.inter_keys, mode=settings.mode, chunk_rows=settings.chunk_rows,
+        scaling=cap.layout.scaling,  # the model's own logit scale, not a hard-coded 1/sqrt(d)
     )
     l_id, id_metrics = id_loss(
         student,

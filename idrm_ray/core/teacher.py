@@ -26,9 +26,12 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from idrm_ray.core.teacher_maps import (
     TeacherInputs,
     block_maps_from_rows,
+    head_mean,
     joint_unit_maps,
+    key_groups,
     maps_to_rows,
     pad_teacher_rows,
+    renorm_mode,
     teacher_block_maps,
 )
 from idrm_ray.core.types import BlockMaps, PairEncoding
@@ -86,14 +89,16 @@ class TeacherAttention:
         top_n: int = 1,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
-        renormalize: bool = True,
+        renormalize: bool | str = True,
+        head_renorm: bool = False,
         micro_batch_size: int | None = None,
     ):
         dev = default_device(device)
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, attn_implementation="eager", dtype=default_dtype(dev, dtype)
         )
-        self._setup(model, top_n=top_n, device=dev, dtype=dtype, renormalize=renormalize, micro_batch_size=micro_batch_size)
+        self._setup(model, top_n=top_n, device=dev, dtype=dtype, renormalize=renormalize, head_renorm=head_renorm,
+                    micro_batch_size=micro_batch_size)
 
     @classmethod
     def from_model(
@@ -103,16 +108,18 @@ class TeacherAttention:
         top_n: int = 1,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
-        renormalize: bool = True,
+        renormalize: bool | str = True,
+        head_renorm: bool = False,
         micro_batch_size: int | None = None,
     ) -> "TeacherAttention":
         """Wrap an already-built model (it is frozen and set to eval in place)."""
         teacher = cls.__new__(cls)
         dev = torch.device(device) if device is not None else next(model.parameters()).device
-        teacher._setup(model, top_n=top_n, device=dev, dtype=dtype, renormalize=renormalize, micro_batch_size=micro_batch_size)
+        teacher._setup(model, top_n=top_n, device=dev, dtype=dtype, renormalize=renormalize, head_renorm=head_renorm,
+                       micro_batch_size=micro_batch_size)
         return teacher
 
-    def _setup(self, model, *, top_n, device, dtype, renormalize, micro_batch_size) -> None:
+    def _setup(self, model, *, top_n, device, dtype, renormalize, head_renorm, micro_batch_size) -> None:
         layers = encoder_layers(model)
         if not 1 <= top_n <= len(layers):
             raise ValueError(f"top_n={top_n} but the teacher {type(model).__name__} has {len(layers)} blocks")
@@ -125,7 +132,11 @@ class TeacherAttention:
         else:
             model.to(device)
         model.eval().requires_grad_(False)
-        self.model, self.top_n, self.renormalize = model, top_n, renormalize
+        self.model, self.top_n, self.renormalize = model, top_n, renorm_mode(renormalize)
+        self.head_renorm = bool(head_renorm)  # per-head renormalisation before the head mean (`head_mean`)
+        if self.head_renorm and self.renormalize == "none":
+            raise ValueError("head_renorm needs renormalize='separate' or 'joint'")
+        self._groups: torch.Tensor | None = None  # (B, G, n_t) key groups of the running forward
         self.device, self.micro_batch_size = device, micro_batch_size
         # k=0 is the top block (METHOD.md Eq. 8, top-aligned).
         self._attn_modules = [_self_attention(layers[len(layers) - 1 - k]) for k in range(top_n)]
@@ -156,7 +167,7 @@ class TeacherAttention:
             def keep(mod, args, output, k=k):
                 probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
                 # Head-mean in fp32 right away: keeps (B, n, n) per block, not (B, H, n, n).
-                store[k] = probs.float().mean(1) if torch.is_tensor(probs) and probs.dim() == 4 else None
+                store[k] = head_mean(probs, self._groups) if torch.is_tensor(probs) and probs.dim() == 4 else None
 
             handles.append(module.register_forward_hook(keep))
         try:
@@ -177,9 +188,14 @@ class TeacherAttention:
         )
         self.forward_calls += 1
         self.forward_count += inputs.input_ids.shape[0]
+        self._groups = None
+        if self.head_renorm:  # the key sets each head's rows are renormalised over
+            valid = torch.cat([inputs.valid_w, inputs.valid_l], dim=1).to(self.device)
+            unit = inputs.teacher_unit.to(self.device)
+            self._groups = key_groups(unit, valid, inputs.valid_w.shape[1], self.renormalize)
         if self.capture == "output_attentions":
             out = self.model.base_model(**kwargs, output_attentions=True)
-            return [out.attentions[-1 - k].float().mean(1) for k in range(self.top_n)]
+            return [head_mean(out.attentions[-1 - k], self._groups) for k in range(self.top_n)]
         store: list = [None] * self.top_n
         with self._hooks(store):
             self.model.base_model(**kwargs)

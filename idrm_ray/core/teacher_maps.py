@@ -69,16 +69,66 @@ def pad_teacher_rows(
     return TeacherInputs(t(ids), t(types), t(mask), t(unit), t(valid_w), t(valid_l), n_w, n_l)
 
 
+RENORMALIZE = ("separate", "joint", "none")
+
+
+def renorm_mode(renormalize: bool | str) -> str:
+    """The teacher's row renormalisation (METHOD.md §6): "separate" over the kept keys of each
+    half (True; the separate softmaxes of Eq. 6-7), "joint" over the kept keys of both halves
+    (the joint variant of §5, whose student rows sum to 1 over both halves), "none" (False)."""
+    mode = ("separate" if renormalize else "none") if isinstance(renormalize, bool) else renormalize
+    if mode not in RENORMALIZE:
+        raise ValueError(f"renormalize must be a bool or one of {RENORMALIZE}, got {renormalize!r}")
+    return mode
+
+
+def key_groups(teacher_unit: torch.Tensor, valid: torch.Tensor, n_units_w: int, renormalize: bool | str) -> torch.Tensor:
+    """(B, G, n_t) bool: the key sets a row is renormalised over. Kept keys are tokens of valid
+    units (specials, padding, dropped units are in no group); "separate": G=2 (chosen, rejected
+    half, split at the padded U_w = n_units_w), "joint": G=1. teacher_unit (B, n_t), valid (B, U)."""
+    unit = teacher_unit.long()
+    keep = (unit >= 0) & valid.bool().gather(1, unit.clamp(min=0))  # (B, n_t)
+    mode = renorm_mode(renormalize)
+    if mode == "none":
+        raise ValueError("per-head renormalisation needs renormalize='separate' or 'joint'")
+    if mode == "joint":
+        return keep[:, None]
+    return torch.stack([keep & (unit < n_units_w), keep & (unit >= n_units_w)], dim=1)
+
+
+def head_mean(probs: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, n, n) per-head probabilities -> (B, n, n) fp32 head mean (METHOD.md §5 Heads).
+
+    With `groups` (B, G, n) (`key_groups`; teacher_head_renorm), each head's row is first
+    renormalised over the keys of each group, keys in no group dropped:
+        mean_h A_h[i, j] / sum_{j' in g(j)} A_h[i, j'].
+    Without, the plain mean (the default order: renormalise after the mean, §6)."""
+    probs = probs.float()
+    if groups is None:
+        return probs.mean(1)
+    tiny = torch.finfo(torch.float32).tiny  # a head with no mass on a group contributes 0, not NaN
+    out = probs.new_zeros(probs.shape[0], probs.shape[2], probs.shape[3])
+    for g in groups.to(probs.dtype).unbind(1):  # each (B, n)
+        mass = probs @ g[:, None, :, None]  # (B, H, n, 1): each head's row mass on the group
+        out += (probs / mass.clamp_min(tiny)).mean(1) * g[:, None, :]
+    return out
+
+
 def joint_unit_maps(
-    attn: torch.Tensor, teacher_unit: torch.Tensor, valid: torch.Tensor, n_units_w: int, *, renormalize: bool = True
+    attn: torch.Tensor,
+    teacher_unit: torch.Tensor,
+    valid: torch.Tensor,
+    n_units_w: int,
+    *,
+    renormalize: bool | str = True,
 ) -> torch.Tensor:
     """Ã of METHOD.md §6 for all four blocks at once, in the joint layout.
 
     attn (B, N, n_t, n_t) head-mean probabilities; teacher_unit (B, n_t) global padded
     unit ids; valid (B, U) with U = U_w+U_l. Returns (B, N, U, U) fp32.
     Tokens of specials, padding and invalid units go to a dump slot U and are dropped.
-    Renormalising each token row over the kept keys of one half, then summing keys into
-    units, equals summing first and renormalising over that half's unit columns.
+    Renormalising each token row over the kept keys of one half (or of both, `renorm_mode`),
+    then summing keys into units, equals summing first and renormalising over those unit columns.
     """
     B, N, n, _ = attn.shape
     U = valid.shape[1]
@@ -88,10 +138,11 @@ def joint_unit_maps(
     slot = torch.where(keep, unit, torch.full_like(unit, U))  # (B, n) in [0, U]
     key_idx = slot[:, None, None, :].expand(B, N, n, n)
     keys = attn.new_zeros(B, N, n, U + 1).scatter_add_(3, key_idx, attn)[..., :U]  # (B, N, n, U) keys summed
-    if renormalize:
+    mode = renorm_mode(renormalize)
+    if mode != "none":
         tiny = torch.finfo(torch.float32).tiny  # a zero-mass row has zero numerators: 0 / tiny = 0, no NaN
-        halves = (keys[..., :n_units_w], keys[..., n_units_w:])
-        keys = torch.cat([h / h.sum(-1, keepdim=True).clamp_min(tiny) for h in halves], dim=-1)
+        parts = (keys[..., :n_units_w], keys[..., n_units_w:]) if mode == "separate" else (keys,)
+        keys = torch.cat([h / h.sum(-1, keepdim=True).clamp_min(tiny) for h in parts], dim=-1)
     row_idx = slot[:, None, :, None].expand(B, N, n, U)
     rows = attn.new_zeros(B, N, U + 1, U).scatter_add_(2, row_idx, keys)[:, :, :U]  # (B, N, U, U) rows summed
     count = attn.new_zeros(B, U + 1).scatter_add_(1, slot, torch.ones_like(attn[:, 0, 0]))[:, :U]  # (B, U)
@@ -119,21 +170,28 @@ def teacher_block_maps(
     valid_w: torch.Tensor,
     valid_l: torch.Tensor,
     *,
-    renormalize: bool = True,
+    renormalize: bool | str = True,
+    head_renorm: bool = False,
 ) -> BlockMaps:
     """The comparable teacher target Ã (METHOD.md §6) of the top-N blocks, k=0 the top.
 
     attn_top[k]: (B, H, n_t, n_t) probabilities (or (B, n_t, n_t) already head-meaned).
     teacher_unit (B, n_t): -1 for specials/padding, chosen units in [0, U_w), rejected in
     [U_w, U_w+U_l) with U_w = valid_w.shape[1] (the padded count). valid_w (B, U_w),
-    valid_l (B, U_l) bool. `renormalize=False` keeps the raw, specials-dropped mass (the
-    joint variant of METHOD.md §5). Returns fp32 BlockMaps on attn's device.
+    valid_l (B, U_l) bool. `renormalize` (`renorm_mode`): True/"separate" per half, "joint"
+    over both halves, False/"none" the raw, specials-dropped mass. `head_renorm` renormalises
+    each head before the mean (`head_mean`; needs per-head attn). Returns fp32 BlockMaps.
     """
     if not attn_top:
         raise ValueError("attn_top is empty: pass at least the top block's attention")
-    maps = [a.float().mean(1) if a.dim() == 4 else a.float() for a in attn_top]  # each (B, n_t, n_t), head-mean
+    valid = torch.cat([valid_w, valid_l], dim=1).bool().to(attn_top[0].device)  # (B, U_w+U_l)
+    groups = None
+    if head_renorm:
+        if any(a.dim() != 4 for a in attn_top):
+            raise ValueError("head_renorm needs per-head attention (B, H, n_t, n_t)")
+        groups = key_groups(teacher_unit.to(valid.device), valid, valid_w.shape[1], renormalize)
+    maps = [head_mean(a, groups) if a.dim() == 4 else a.float() for a in attn_top]  # each (B, n_t, n_t)
     attn = torch.stack(maps, dim=1)  # (B, N, n_t, n_t)
-    valid = torch.cat([valid_w, valid_l], dim=1).bool().to(attn.device)  # (B, U_w+U_l)
     if teacher_unit.shape != attn.shape[:1] + attn.shape[-1:]:
         raise ValueError(f"teacher_unit {tuple(teacher_unit.shape)} does not match attention {tuple(attn.shape)}")
     if teacher_unit.numel() and int(teacher_unit.max()) >= valid.shape[1]:

@@ -149,3 +149,4 @@ class CapturedQK:
     k: list[torch.Tensor]  # each (2B, H_kv, n, d), post-RoPE
     q_pre: list[torch.Tensor] | None = None  # each (2B, H, n, d), pre-RoPE (inter-map variant)
     k_pre: list[torch.Tensor] | None = None  # each (2B, H_kv, n, d)
+    scaling: float | None = None  # the model's own logit scale (AttentionLayout.scaling); None: 1/sqrt(d)

@@ -177,15 +177,17 @@ def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_
 
 def teacher_maps_stream(cfg, encoded, *, train, teacher_dir, student_dir, encode_kwargs, placement):
     """The teacher stage over the encoded stream, or the map cache when configured."""
-    renormalize = cfg.method.id.mode == "separate"
+    # Rows renormalised over the kept keys of each half (separate) or of both (joint), METHOD.md §6.
+    renormalize, head_renorm = cfg.method.id.mode, cfg.method.id.teacher_head_renorm
     top_n = cfg.method.id.top_n
     if not cfg.teacher.cache_dir:
-        kwargs = dict(teacher_path=teacher_dir, top_n=top_n, renormalize=renormalize)
+        kwargs = dict(teacher_path=teacher_dir, top_n=top_n, renormalize=renormalize, head_renorm=head_renorm)
         return teacher_stream(encoded, teacher_kwargs=kwargs, placement=placement)
     n_max = max(cfg.teacher.cache_blocks, top_n)
     key = map_cache.cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train,
-                              encode_kwargs=encode_kwargs, num_blocks=n_max, renormalize=renormalize)
-    kwargs = dict(teacher_path=teacher_dir, top_n=n_max, renormalize=renormalize)
+                              encode_kwargs=encode_kwargs, num_blocks=n_max, renormalize=renormalize,
+                              head_renorm=head_renorm)
+    kwargs = dict(teacher_path=teacher_dir, top_n=n_max, renormalize=renormalize, head_renorm=head_renorm)
     return map_cache.read_or_build(
         lambda: teacher_stream(encoded, teacher_kwargs=kwargs, placement=placement),
         root=cfg.teacher.cache_dir, key=key, num_blocks=n_max, needed=top_n,

@@ -27,7 +27,7 @@ import ray
 from idrm_ray.core.types import AlignmentStats, PreferenceExample
 from idrm_ray.pipeline.records import ENCODING_COLUMNS, STAT_PREFIX
 
-FORMAT_VERSION = "maps-v1"
+FORMAT_VERSION = "maps-v2"  # v2: maps over the valid units only (DESIGN.md decision 8)
 BLOCK_PREFIX = "teacher_maps_k"
 _HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".pt")
 # What a tokenizer is made of, as `save_pretrained` names it: fast and slow vocabularies,
@@ -76,13 +76,15 @@ def cache_key(
     examples: list[PreferenceExample],
     encode_kwargs: dict,
     num_blocks: int,
-    renormalize: bool,
+    renormalize: bool | str,
+    head_renorm: bool = False,
 ) -> str:
     h = hashlib.sha256(FORMAT_VERSION.encode())
     _hash_path(h, teacher_dir)  # the teacher's weights make the maps
     _hash_path(h, student_dir, tokenizer_only=True)  # the student's tokenizer only aligns units
     settings = {k: v for k, v in encode_kwargs.items() if not k.endswith("tokenizer_dir")}
-    h.update(json.dumps({"encode": settings, "blocks": num_blocks, "renorm": renormalize}, sort_keys=True).encode())
+    norm = {"renorm": renormalize, "head_renorm": bool(head_renorm)}
+    h.update(json.dumps({"encode": settings, "blocks": num_blocks, **norm}, sort_keys=True).encode())
     for ex in examples:
         h.update(json.dumps([ex.prompt, ex.chosen, ex.rejected, ex.margin]).encode())
     return h.hexdigest()[:24]

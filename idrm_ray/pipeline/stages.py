@@ -54,10 +54,20 @@ class EncodeStage:
 class TeacherStage:
     """The frozen teacher as an actor: adds fp16 unit-level maps of the top-N blocks."""
 
-    def __init__(self, teacher_path: str, *, top_n: int, device: str | None = None, renormalize: bool = True) -> None:
+    def __init__(
+        self,
+        teacher_path: str,
+        *,
+        top_n: int,
+        device: str | None = None,
+        renormalize: bool | str = True,
+        head_renorm: bool = False,
+    ) -> None:
         from idrm_ray.core.teacher import TeacherAttention
 
-        self.teacher = TeacherAttention(teacher_path, top_n=top_n, device=device, renormalize=renormalize)
+        self.teacher = TeacherAttention(
+            teacher_path, top_n=top_n, device=device, renormalize=renormalize, head_renorm=head_renorm
+        )
         self.monitor = None
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -146,9 +146,9 @@ def build_cache(cfg: TrainJobConfig, *, train, student_dir: str, teacher_dir: st
     cfg_max = from_dict(TrainJobConfig, {**dump_config(cfg), "method": {**dump_config(cfg.method),
                                          "id": {**dump_config(cfg.method.id), "top_n": n_max}}})
     ek = encode_kwargs_for(cfg_max, student_dir, teacher_dir)
-    renormalize = cfg_max.method.id.mode == "separate"
     key = map_cache.cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train, encode_kwargs=ek,
-                              num_blocks=n_max, renormalize=renormalize)
+                              num_blocks=n_max, renormalize=cfg_max.method.id.mode,  # as teacher_maps_stream
+                              head_renorm=cfg_max.method.id.teacher_head_renorm)
     path = Path(cfg.teacher.cache_dir) / key
     existed = (path / "_SUCCESS").exists()
     t0 = time.perf_counter()

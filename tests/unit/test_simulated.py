@@ -256,3 +256,127 @@ def test_chunked_uses_far_less_memory_than_naive():
     assert saved["chunked"] * 10 < saved["naive"], saved
     assert saved["chunked"] * 10 < saved["no_ckpt"], saved  # checkpointing is what frees the chunks
     assert peak["chunked"] * 4 < peak["naive"], peak
+
+
+# ---------------------------------------------------------------- gathered valid tokens, scaling
+
+
+def with_student_tail(batch: PreferenceBatch, extra: int) -> PreferenceBatch:
+    """The same pairs in a student window `extra` tokens longer: the new tokens belong to units
+    outside the teacher's window (unit -1, DESIGN.md decision 8) and stay in the attention mask."""
+    rows = batch.input_ids.shape[0]
+    tail = torch.full((rows, extra), -1, dtype=torch.long)
+    return PreferenceBatch(
+        input_ids=torch.zeros(rows, batch.input_ids.shape[1] + extra, dtype=torch.long),
+        attention_mask=torch.cat([batch.attention_mask, torch.ones(rows, extra, dtype=torch.long)], 1),
+        student_unit=torch.cat([batch.student_unit, tail], 1),
+        unit_valid_w=batch.unit_valid_w, unit_valid_l=batch.unit_valid_l,
+        unit_response_w=batch.unit_response_w, unit_response_l=batch.unit_response_l,
+    )
+
+
+def extend_qk(qk: CapturedQK, extra: int, *, seed: int) -> CapturedQK:
+    gen = torch.Generator().manual_seed(seed)
+
+    def grow(ts):
+        return [torch.cat([t.detach(), 3.0 * torch.randn(*t.shape[:2], extra, t.shape[3], generator=gen)], 2)
+                .requires_grad_() for t in ts]
+
+    return CapturedQK(q=grow(qk.q), k=grow(qk.k), q_pre=grow(qk.q_pre), k_pre=grow(qk.k_pre))
+
+
+@pytest.mark.parametrize("mode", ["separate", "joint"])
+def test_gathered_equals_masked_softmax_over_a_longer_student_window(mode):
+    # Gathering only the tokens of valid units before the logits is the masked softmax over
+    # the valid keys of the whole sequence (the naive reference), values and gradients, and
+    # tokens outside every unit change nothing.
+    batch, qk = make_batch(LENGTHS, N_TOK, seed=14), make_qk(4, N_TOK, seed=15)
+    long_batch, long_qk = with_student_tail(batch, 50), extend_qk(qk, 50, seed=16)
+    got = simulated_maps(long_qk, long_batch, mode=mode, chunk_rows=4)
+    want = naive_maps(long_qk, long_batch, inter_keys="post_rope", mode=mode)
+    short = simulated_maps(qk, batch, mode=mode, chunk_rows=4)
+    for name in BLOCKS:
+        torch.testing.assert_close(got.block(name), want.block(name), atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.block(name), short.block(name), atol=1e-6, rtol=0)
+    weights = [torch.randn(got.block(n).shape, generator=torch.Generator().manual_seed(17)) for n in BLOCKS]
+    g_got = torch.autograd.grad(sum((got.block(n) * w).sum() for n, w in zip(BLOCKS, weights)), [*long_qk.q, *long_qk.k])
+    g_want = torch.autograd.grad(sum((want.block(n) * w).sum() for n, w in zip(BLOCKS, weights)), [*long_qk.q, *long_qk.k])
+    for g, w in zip(g_got, g_want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+        assert g[:, :, N_TOK:].abs().max() == 0  # tokens outside the units get no gradient from L_ID
+
+
+def test_work_scales_with_the_units_not_the_student_window():
+    # Same units in a 14-token and a 1038-token window: the same matmul FLOPs (the logits are
+    # built over the gathered valid tokens only), where the masked version grew ~75x.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch, qk = make_batch(LENGTHS, N_TOK, seed=18), make_qk(4, N_TOK, blocks=1, seed=19)
+    long_batch, long_qk = with_student_tail(batch, 1024), extend_qk(qk, 1024, seed=20)
+
+    def flops(q, b):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            simulated_maps(q, b, chunk_rows=4)
+        return counter.get_total_flops()
+
+    assert flops(long_qk, long_batch) == flops(qk, batch) > 0
+
+
+def hand_batch() -> PreferenceBatch:
+    """B=1, each half [BOS, u0, u1]: every content token its own valid unit."""
+    unit = torch.tensor([[-1, 0, 1], [-1, 0, 1]])
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    return PreferenceBatch(input_ids=torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 3, dtype=torch.long),
+                           student_unit=unit, unit_valid_w=valid, unit_valid_l=valid, unit_response_w=valid,
+                           unit_response_l=valid)
+
+
+def test_scaling_is_the_models_own_by_hand():
+    # One head, d=2. Query of w0 = [1, 0]; keys of the chosen half [0, 0] (u0) and [2, 0] (u1):
+    # logits [0, 2] * scale. scale 0.5 -> softmax [0, 1] = [1/(1+e), e/(1+e)] = [0.2689, 0.7311];
+    # the default 1/sqrt(2) -> [0, 1.4142] -> [0.1957, 0.8043].
+    q = torch.zeros(2, 1, 3, 2)
+    q[:, 0, 1] = torch.tensor([1.0, 0.0])
+    k = torch.zeros(2, 1, 3, 2)
+    k[:, 0, 2] = torch.tensor([2.0, 0.0])
+    e = math.e
+    half = torch.tensor([1 / (1 + e), e / (1 + e)])
+    default = torch.softmax(torch.tensor([0.0, 2 / math.sqrt(2)]), 0)
+    for qk, kwargs, want in [
+        (CapturedQK(q=[q], k=[k]), {}, default),
+        (CapturedQK(q=[q], k=[k], scaling=0.5), {}, half),  # the captured layout's scale
+        (CapturedQK(q=[q], k=[k]), {"scaling": 0.5}, half),  # an explicit scale
+    ]:
+        maps = simulated_maps(qk, hand_batch(), **kwargs)
+        torch.testing.assert_close(maps.ww[0, 0, 0], want, atol=1e-4, rtol=0)
+        torch.testing.assert_close(maps.wl[0, 0, 0], want, atol=1e-4, rtol=0)  # the rejected half is identical
+
+
+def test_capture_carries_the_models_scaling_into_the_loss(student_tokenizer, monkeypatch):
+    # A model whose attention scale is not 1/sqrt(d): the captured Q/K carry its scale and
+    # preference_loss's maps use it (METHOD.md §5: the model's own attention computation).
+    from idrm_ray.core import tiny
+    from idrm_ray.core.capture import capture_qk, decoder_layers
+    from idrm_ray.core.objective import IDSettings, preference_loss
+
+    model = tiny.build_tiny_student(student_tokenizer, family="llama").eval()
+    attn = decoder_layers(model)[-1].self_attn
+    attn.scaling = 0.1
+    enc = student_tokenizer(["the cat likes the ball", "a dog"], return_tensors="pt", padding=True)
+    with capture_qk(model, top_n=1) as cap:
+        model(**enc)
+    assert cap.result().scaling == 0.1
+    assert cap.layout.scaling == 0.1
+    import idrm_ray.core.objective as objective
+
+    calls, real = [], objective.simulated_maps
+    monkeypatch.setattr(objective, "simulated_maps", lambda *a, **kw: calls.append(kw["scaling"]) or real(*a, **kw))
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    unit = torch.where(mask > 0, torch.arange(ids.shape[1]).expand_as(ids), -1)
+    valid = torch.ones(1, ids.shape[1], dtype=torch.bool)
+    batch = PreferenceBatch(input_ids=ids, attention_mask=mask, student_unit=unit, unit_valid_w=valid,
+                            unit_valid_l=valid, unit_response_w=valid, unit_response_l=valid)
+    u = ids.shape[1]
+    teacher = BlockMaps(*(torch.full((1, 1, u, u), 1.0 / u) for _ in BLOCKS), valid_w=valid, valid_l=valid)
+    loss, _ = preference_loss(model, batch, teacher, settings=IDSettings())
+    assert calls == [0.1] and torch.isfinite(loss)

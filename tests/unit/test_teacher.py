@@ -301,3 +301,123 @@ def _encoding(p) -> PairEncoding:
         unit_response_w=np.zeros(U_w, bool), unit_response_l=np.zeros(U_l, bool),
         unit_spans_w=np.zeros((U_w, 2), np.int64), unit_spans_l=np.zeros((U_l, 2), np.int64),
     )
+
+
+# ---------------------------------------------------------------- joint renormalisation, per-head renormalisation
+
+
+def _hand_attention():
+    """The 5-token map of `test_block_maps_by_hand`: CLS | w0 | w1 w1 | l0."""
+    A = torch.tensor(
+        [
+            [0.2, 0.2, 0.2, 0.2, 0.2],
+            [0.2, 0.2, 0.1, 0.5, 0.0],
+            [0.0, 0.4, 0.2, 0.2, 0.2],
+            [0.5, 0.1, 0.1, 0.1, 0.2],
+            [0.1, 0.3, 0.3, 0.2, 0.1],
+        ]
+    )[None, None]  # (B=1, H=1, 5, 5)
+    return A, torch.tensor([[-1, 0, 1, 1, 2]]), torch.tensor([[True, True]]), torch.tensor([[True]])
+
+
+def test_joint_mode_renormalises_over_both_halves_by_hand():
+    # METHOD.md §6 with the joint student (one softmax over both halves): each token row is
+    # renormalised over the kept keys of BOTH halves, so ww + wl rows sum to 1.
+    A, unit, vw, vl = _hand_attention()
+    m = teacher_block_maps([A], unit, vw, vl, renormalize="joint")
+    # w0 (token 1): keys w0 0.2, w1 0.1+0.5, l0 0.0, mass 0.8 -> [1/4, 3/4 | 0]
+    # w1 token 2: [0.4, 0.4 | 0.2] / 1.0; token 3: [0.1, 0.2 | 0.2] / 0.5 = [0.2, 0.4 | 0.4];
+    #   mean [0.3, 0.4 | 0.3]
+    # l0 (token 4): [0.3, 0.5 | 0.1] / 0.9 -> lw [1/3, 5/9], ll [1/9]
+    torch.testing.assert_close(m.ww[0, 0], torch.tensor([[0.25, 0.75], [0.3, 0.4]]))
+    torch.testing.assert_close(m.wl[0, 0], torch.tensor([[0.0], [0.3]]))
+    torch.testing.assert_close(m.lw[0, 0], torch.tensor([[1 / 3, 5 / 9]]))
+    torch.testing.assert_close(m.ll[0, 0], torch.tensor([[1 / 9]]))
+    rows = torch.cat([m.ww.sum(-1) + m.wl.sum(-1), m.lw.sum(-1) + m.ll.sum(-1)], -1)
+    torch.testing.assert_close(rows, torch.ones_like(rows))
+    # The flag's spellings: True is "separate", False is "none"; anything else is refused.
+    torch.testing.assert_close(teacher_block_maps([A], unit, vw, vl, renormalize="separate").ww,
+                               teacher_block_maps([A], unit, vw, vl, renormalize=True).ww)
+    torch.testing.assert_close(teacher_block_maps([A], unit, vw, vl, renormalize="none").ww,
+                               teacher_block_maps([A], unit, vw, vl, renormalize=False).ww)
+    with pytest.raises(ValueError, match="renormalize"):
+        teacher_block_maps([A], unit, vw, vl, renormalize="rows")
+
+
+def _two_heads():
+    """CLS | w0 | w1 | l0, two heads that differ on w0's row; other rows uniform."""
+    A = torch.full((1, 2, 4, 4), 0.25)
+    A[0, 0, 1] = torch.tensor([0.6, 0.1, 0.1, 0.2])
+    A[0, 1, 1] = torch.tensor([0.0, 0.5, 0.25, 0.25])
+    return A, torch.tensor([[-1, 0, 1, 2]]), torch.tensor([[True, True]]), torch.tensor([[True]])
+
+
+@pytest.mark.parametrize(
+    "mode,head_renorm,ww,wl",
+    [
+        # head mean first: [0.3 | 0.3, 0.175 | 0.225]; ww [0.3, 0.175] / 0.475
+        ("separate", False, [12 / 19, 7 / 19], [1.0]),
+        # per head: h1 ww [0.1, 0.1] / 0.2 = [1/2, 1/2], h2 [0.5, 0.25] / 0.75 = [2/3, 1/3]; mean
+        ("separate", True, [7 / 12, 5 / 12], [1.0]),
+        # head mean first over both halves: [0.3, 0.175 | 0.225] / 0.7
+        ("joint", False, [3 / 7, 1 / 4], [9 / 28]),
+        # per head over both halves: h1 [0.1, 0.1 | 0.2] / 0.4, h2 [0.5, 0.25 | 0.25] / 1; mean
+        ("joint", True, [0.375, 0.25], [0.375]),
+    ],
+)
+def test_head_renorm_by_hand(mode, head_renorm, ww, wl):
+    A, unit, vw, vl = _two_heads()
+    m = teacher_block_maps([A], unit, vw, vl, renormalize=mode, head_renorm=head_renorm)
+    torch.testing.assert_close(m.ww[0, 0, 0], torch.tensor(ww))
+    torch.testing.assert_close(m.wl[0, 0, 0], torch.tensor(wl))
+
+
+def test_head_renorm_needs_heads_and_a_renormalisation():
+    A, unit, vw, vl = _two_heads()
+    with pytest.raises(ValueError, match="per-head"):
+        teacher_block_maps([A.mean(1)], unit, vw, vl, head_renorm=True)
+    with pytest.raises(ValueError, match="renormalize"):
+        teacher_block_maps([A], unit, vw, vl, renormalize=False, head_renorm=True)
+
+
+@pytest.mark.parametrize("mode", ["separate", "joint"])
+def test_head_renorm_through_the_teacher(mode, teacher_dir, teacher_tokenizer):
+    # The hooked forward gives the maps of the per-head formula on `output_attentions`.
+    teacher = TeacherAttention(str(teacher_dir), device="cpu", renormalize=mode, head_renorm=True)
+    plain = TeacherAttention(str(teacher_dir), device="cpu", renormalize=mode)
+    pairs = [make_pair(teacher_tokenizer, *t, group=True, invalid=(1,), seed=i) for i, t in enumerate(TEXTS)]
+    got = teacher.maps_for_encodings([_encoding(p) for p in pairs])
+    base = plain.maps_for_encodings([_encoding(p) for p in pairs])
+    inp = pad_teacher_rows(*([p[c] for p in pairs] for c in COLS), pad_id=teacher.pad_id)
+    with torch.no_grad():
+        out = teacher.model(input_ids=inp.input_ids, token_type_ids=inp.token_type_ids,
+                            attention_mask=inp.attention_mask, output_attentions=True)
+    want = teacher_block_maps([out.attentions[-1]], inp.teacher_unit, inp.valid_w, inp.valid_l,
+                              renormalize=mode, head_renorm=True)
+    for name in BLOCKS:
+        torch.testing.assert_close(got.block(name), want.block(name), atol=2e-3, rtol=0)
+    assert max((got.block(n) - base.block(n)).abs().max() for n in BLOCKS) > 0.01  # the flag has an effect
+    teacher.capture = "output_attentions"  # the fallback path renormalises per head too
+    again = teacher.maps_for_encodings([_encoding(p) for p in pairs])
+    torch.testing.assert_close(again.ww, got.ww, atol=1e-3, rtol=0)
+
+
+def test_head_renorm_and_joint_reach_the_stage_and_the_cache_key(teacher_dir, tmp_path, monkeypatch):
+    from idrm_ray.config import load_config
+    from idrm_ray.config.train import TrainJobConfig
+    from idrm_ray.pipeline import driver, map_cache
+    from idrm_ray.pipeline.stages import TeacherStage
+
+    stage = TeacherStage(str(teacher_dir), top_n=1, device="cpu", renormalize="joint", head_renorm=True)
+    assert stage.teacher.renormalize == "joint" and stage.teacher.head_renorm
+    cfg = load_config(TrainJobConfig, overrides=["method.id.mode=joint", "method.id.teacher_head_renorm=true"])
+    seen = {}
+    monkeypatch.setattr(driver, "teacher_stream", lambda ds, *, teacher_kwargs, placement: seen.update(teacher_kwargs))
+    driver.teacher_maps_stream(cfg, None, train=[], teacher_dir=str(teacher_dir), student_dir=str(teacher_dir),
+                               encode_kwargs={}, placement=None)
+    assert seen["renormalize"] == "joint" and seen["head_renorm"] is True
+    TeacherStage(**{**seen, "device": "cpu"})  # the kwargs build a stage as they are
+    key = dict(teacher_dir=str(teacher_dir), student_dir=str(teacher_dir), examples=[], encode_kwargs={}, num_blocks=1)
+    base = map_cache.cache_key(**key, renormalize="separate")
+    assert map_cache.cache_key(**key, renormalize="separate", head_renorm=True) != base
+    assert map_cache.cache_key(**key, renormalize="joint") != base
