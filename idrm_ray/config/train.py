@@ -107,8 +107,13 @@ class TeacherFinetuneConfig:
     epochs: int = param(1, "Passes over the NLI data.")
     lr: float = param(2e-5, "AdamW learning rate.")
     weight_decay: float = param(0.01, "AdamW weight decay.")
-    warmup_ratio: float = param(0.1, "Linear warmup as a fraction of the steps.")
-    batch_size: int = param(32, "Examples per optimizer step.")
+    warmup_ratio: float = param(0.1, "Linear warmup as a fraction of the steps, then linear decay to 0.")
+    batch_size: int = param(32, "Examples per optimizer step, all workers together (batch_size / num_workers each).")
+    num_workers: int = param(
+        1, "Ray Train workers of the fine-tune (data-parallel), each on the teacher node type: "
+           "resources.teacher_resource, resources.teacher_num_gpus GPUs (0: CPU), cpus_per_worker CPUs.")
+    cpus_per_worker: float = param(1.0, "CPUs per fine-tune worker.")
+    log_every: int = param(50, "Print progress (step/total, loss, examples/s, ETA) every this many steps (0: per epoch only).")
     max_len: int = param(128, "Max teacher tokens of premise+hypothesis.")
     output_dir: str = param("", "Where the fine-tuned teacher is saved (empty: <run dir>/teacher).")
     seed: int = param(0, "Seed of data order and head init.")
@@ -123,6 +128,12 @@ class TeacherFinetuneConfig:
         require(self, self.weight_decay >= 0, "weight_decay", "must be >= 0")
         require(self, 0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         require(self, self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self, self.num_workers >= 1, "num_workers", "must be >= 1")
+        require(self, self.batch_size % self.num_workers == 0, "batch_size",
+                f"{self.batch_size} examples per step do not split evenly over num_workers={self.num_workers}; "
+                f"use a multiple of {self.num_workers}")
+        require(self, self.cpus_per_worker >= 0, "cpus_per_worker", "must be >= 0")
+        require(self, self.log_every >= 0, "log_every", "must be >= 0 (0: per epoch only)")
         require(self, self.max_len >= MIN_LEN, "max_len", f"must be >= {MIN_LEN}")
 
 

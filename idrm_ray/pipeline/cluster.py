@@ -55,6 +55,20 @@ def scaling_config(cfg: TrainJobConfig) -> ScalingConfig:
     return ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker)
 
 
+def teacher_finetune_scaling_config(cfg: TrainJobConfig) -> ScalingConfig:
+    """The NLI fine-tune's workers go where the teacher runs (the teacher node type): its
+    custom resource and its GPU share (`resources.teacher_num_gpus`, 0: CPU), with the
+    fine-tune's own worker count and CPUs (`teacher.finetune.num_workers`, `cpus_per_worker`)."""
+    res, ft = cfg.resources, cfg.teacher.finetune
+    per_worker: dict[str, float] = {"CPU": ft.cpus_per_worker}
+    use_gpu = res.teacher_num_gpus > 0
+    if use_gpu:
+        per_worker["GPU"] = res.teacher_num_gpus
+    if _wants(cfg, res.teacher_resource):
+        per_worker[res.teacher_resource] = res.teacher_resource_amount
+    return ScalingConfig(num_workers=ft.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker)
+
+
 def stage_placement(cfg: TrainJobConfig) -> StagePlacement:
     res = cfg.resources
     custom = {res.teacher_resource: res.teacher_resource_amount} if _wants(cfg, res.teacher_resource) else None
@@ -102,15 +116,16 @@ def pin_data_coordinator() -> None:
 
 
 def fit(loop, *, loop_config: dict, datasets: dict, cfg: TrainJobConfig, run_dir: Path, name: str,
-        callbacks: list | None = None):
+        callbacks: list | None = None, scaling: ScalingConfig | None = None):
     """Run one TorchTrainer; the same name + storage path resumes an interrupted run.
     `callbacks`: Train V2 user callbacks, e.g. Tune's `TuneReportCallback` inside a sweep trial
-    (every `ray.train.report` of the workers then reaches Tune as a result)."""
+    (every `ray.train.report` of the workers then reaches Tune as a result). `scaling`: the
+    workers' resources (default: the student's, `scaling_config(cfg)`)."""
     pin_data_coordinator()
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
-        scaling_config=scaling_config(cfg),
+        scaling_config=scaling or scaling_config(cfg),
         datasets=datasets,
         dataset_config=ExactlyOnceDataConfig(),
         run_config=RunConfig(

@@ -9,7 +9,13 @@ import ray
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.pipeline import cluster
 from idrm_ray.pipeline.assets import copy_tree, nli_examples
-from idrm_ray.pipeline.teacher_finetune import TeacherFinetuneSpec, nli_train_loop, spec_dict
+from idrm_ray.pipeline.teacher_finetune import (
+    LinearSchedule,
+    TeacherFinetuneSpec,
+    nli_train_loop,
+    per_worker_batch,
+    spec_dict,
+)
 
 
 def _nli_dataset(examples) -> ray.data.Dataset:
@@ -26,10 +32,17 @@ def finetune_teacher(cfg: TrainJobConfig, *, base_dir: str, out_dir: Path) -> tu
     if cfg.data.skip_bad_rows:
         report.write_skipped(out_dir.parent, "skipped_nli_rows.jsonl")
     spec = TeacherFinetuneSpec(
-        base_dir=base_dir, epochs=ft.epochs, lr=ft.lr, micro_batch_size=ft.batch_size,
-        max_len=ft.max_len, weight_decay=ft.weight_decay, seed=ft.seed,
+        base_dir=base_dir, num_train=len(train), epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size,
+        warmup_ratio=ft.warmup_ratio, max_len=ft.max_len, weight_decay=ft.weight_decay,
+        log_every=ft.log_every, seed=ft.seed,
     )
-    print(f"[idrm] fine-tuning the NLI teacher from {base_dir} on {len(train)} pairs ({len(evals)} held out)")
+    scaling = cluster.teacher_finetune_scaling_config(cfg)
+    schedule = LinearSchedule.plan(num_examples=len(train), batch_size=ft.batch_size, epochs=ft.epochs,
+                                   warmup_ratio=ft.warmup_ratio)
+    print(f"[idrm] fine-tuning the NLI teacher from {base_dir} on {len(train)} pairs ({len(evals)} held out): "
+          f"{schedule.total_steps} steps of {ft.batch_size} ({ft.num_workers} worker(s) x "
+          f"{per_worker_batch(ft.batch_size, ft.num_workers)}), {schedule.warmup_steps} warmup, "
+          f"each worker {scaling.resources_per_worker}")
     result = cluster.fit(
         nli_train_loop,
         loop_config={"spec": spec_dict(spec)},
@@ -37,6 +50,7 @@ def finetune_teacher(cfg: TrainJobConfig, *, base_dir: str, out_dir: Path) -> tu
         cfg=cfg,
         run_dir=out_dir.parent,
         name=f"{out_dir.parent.name}-teacher",
+        scaling=scaling,
     )
     if result.error is not None:
         raise result.error
