@@ -39,6 +39,7 @@ __all__ = [
     "last_token_index",
     "load_reward_model",
     "load_student_tokenizer",
+    "finish_reward_model",
     "normalize",
     "read_metadata",
     "reward_stats",
@@ -200,11 +201,20 @@ def load_reward_model(
     model, info = AutoModelForSequenceClassification.from_pretrained(
         name_or_path, num_labels=1, attn_implementation=attn_implementation, output_loading_info=True, **kwargs
     )
+    head_missing = f"{VALUE_HEAD_PREFIX}.weight" in set(info.get("missing_keys", ()))
+    return finish_reward_model(model, name_or_path, head_missing=head_missing, tokenizer=tokenizer,
+                               init_value_head=init_value_head)
+
+
+def finish_reward_model(model: PreTrainedModel, name_or_path, *, head_missing: bool, tokenizer=None,
+                        init_value_head: bool | None = None) -> PreTrainedModel:
+    """What every loader does after the weights are in (`load_reward_model`, the ZeRO-3
+    streaming loader in train/strategy.py): the value head (re-)initialised as OpenRLHF does
+    where it is missing, the pad id, and OpenRLHF's reward fields in the config."""
     prefix = getattr(model.config, "value_head_prefix", VALUE_HEAD_PREFIX)
     if prefix != VALUE_HEAD_PREFIX:
         raise ValueError(f"value_head_prefix={prefix!r} is not supported; only {VALUE_HEAD_PREFIX!r} (HF's name)")
     head = value_head(model)
-    head_missing = f"{VALUE_HEAD_PREFIX}.weight" in set(info.get("missing_keys", ()))
     if init_value_head or (init_value_head is None and head_missing):
         hidden = model.config.get_text_config().hidden_size
         with torch.no_grad(), _whole(head.weight):

@@ -180,14 +180,28 @@ class Strategy:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.item()
 
+    def all_reduce_sums(self, values) -> list[float]:
+        """Sums over ranks of several floats in ONE collective (fp64): the per-step counters
+        and a log window's metrics travel together instead of one all-reduce each."""
+        values = [float(v) for v in values]
+        if self.world_size == 1:
+            return values
+        comm_device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor(values, dtype=torch.float64, device=comm_device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """Context for the forward pass (only the torch path with bf16 needs one)."""
         return contextlib.nullcontext()
 
-    def model_init_context(self) -> contextlib.AbstractContextManager:
-        """Context to build or load the model in: under ZeRO-3 parameters are partitioned as
-        they load, so no rank ever holds the whole model (DESIGN.md decision 10)."""
-        return contextlib.nullcontext()
+    def load_reward_model(self, name_or_path: str, *, dtype: torch.dtype, attn_implementation: str, tokenizer=None):
+        """The student as this strategy holds it: a plain load here; under ZeRO-3 partitioned
+        as it loads, so no rank ever holds the whole model (DESIGN.md decision 10)."""
+        from idrm_ray.core.reward_model import load_reward_model
+
+        return load_reward_model(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+                                 tokenizer=tokenizer)
 
     def unwrap(self) -> nn.Module:
         """The underlying HF model (under ZeRO-3 its parameters are partitioned)."""
@@ -232,18 +246,29 @@ class TorchStrategy(Strategy):
     def is_accumulation_boundary(self) -> bool:
         return (self.micro_steps + 1) % self.grad_accum_steps == 0
 
-    def step(self) -> None:
-        # Same order and formula as DeepSpeed: norm of all grads, clip, step, zero.
-        if self.is_accumulation_boundary():
-            max_norm = self.max_grad_norm if self.max_grad_norm and self.max_grad_norm > 0 else math.inf
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            self._grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    def step(self, *, skip: bool = False) -> bool | None:
+        """At an accumulation boundary: the optimizer step, or nothing when `skip` (a non-finite
+        loss in this window) or when the gradients are non-finite; returns whether it stepped.
+        Either way the window's gradients are dropped whole, so a bad micro-batch never leaves
+        the others to step alone (silently down-weighted). None between boundaries."""
+        boundary = self.is_accumulation_boundary()
+        self.micro_steps += 1
+        if not boundary:
+            return None
+        # Same order and formula as DeepSpeed: norm of all grads, clip, step, zero. With DDP the
+        # gradients are already averaged, so every rank sees the same norm and decides alike.
+        max_norm = self.max_grad_norm if self.max_grad_norm and self.max_grad_norm > 0 else math.inf
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params and not skip else math.nan
+        stepped = not skip and math.isfinite(norm)
+        if stepped:
+            self._grad_norm = norm
             self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
             self.global_steps += 1
-        self.micro_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        return stepped
 
     def zero_grad(self) -> None:
         """Drop pending gradients (step() already does it after each optimizer step)."""
@@ -319,18 +344,20 @@ class DeepSpeedStrategy(Strategy):
         self.engine = None
         self._hf_ds_config = None  # kept alive: transformers reads ZeRO-3 state through a weak reference
 
-    def model_init_context(self) -> contextlib.AbstractContextManager:
-        """ZeRO-3: `from_pretrained` inside this context loads each weight straight into its
-        partition (transformers' HfDeepSpeedConfig -> deepspeed.zero.Init), so a rank's peak is
-        about 1/world of the model plus one tensor, never the whole fp32 copy. Models built
-        from a config with `pad_token_id` set fail inside zero.Init (STACK_NOTES.md): save and
-        `from_pretrained` them instead, as the worker does."""
+    def load_reward_model(self, name_or_path: str, *, dtype: torch.dtype, attn_implementation: str, tokenizer=None):
+        """ZeRO-3: built empty under `deepspeed.zero.Init` and filled tensor by tensor from the
+        safetensors files (`_stream_zero3_weights`), so a rank's peak is its partition plus one
+        gathered tensor. transformers 5.15's own ZeRO-3 `from_pretrained` merges every shard
+        into one state dict on every rank first (measured: 1.5-2x the fp32 model on rank 0,
+        `python -m idrm_ray.bench.zero3_load`), which is what an 8B model cannot afford."""
         if self.zero_stage != 3:
-            return contextlib.nullcontext()
+            return super().load_reward_model(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+                                             tokenizer=tokenizer)
         from transformers.integrations import HfDeepSpeedConfig
 
-        self._hf_ds_config = HfDeepSpeedConfig(self.config)
-        return contextlib.nullcontext()
+        self._hf_ds_config = HfDeepSpeedConfig(self.config)  # transformers' own ZeRO-3 code paths (save, resize)
+        return _load_zero3(name_or_path, ds_config=self.config, dtype=dtype, attn_implementation=attn_implementation,
+                           tokenizer=tokenizer, is_main=self.is_main)
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None) -> nn.Module:
         import deepspeed
@@ -345,8 +372,16 @@ class DeepSpeedStrategy(Strategy):
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)  # divides by grad_accum_steps itself
 
-    def step(self) -> None:
+    def step(self, *, skip: bool = False) -> bool | None:
+        """DeepSpeed's step. Its own overflow check drops a whole window with non-finite
+        gradients under fp16, and under bf16 with ZeRO-1/2; fp32 and bf16 ZeRO-3 have no such
+        check, so there a window with a skipped (non-finite) micro-batch steps on the others."""
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        skipped_before = self.engine.skipped_steps
         self.engine.step()
+        if not boundary:
+            return None
+        return self.engine.skipped_steps == skipped_before
 
     def is_accumulation_boundary(self) -> bool:
         return self.engine.is_gradient_accumulation_boundary()
@@ -401,6 +436,82 @@ def _ensure_deepspeed_distributed() -> None:
     else:
         # Registers DeepSpeed's comm wrapper around the existing group; creates nothing.
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
+
+
+def _weight_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        return [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    single = path / "model.safetensors"
+    if not single.is_file():
+        raise FileNotFoundError(f"{path}: ZeRO-3 loading reads safetensors weights; no model.safetensors(.index.json)")
+    return [single]
+
+
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _safetensors_entries(file: Path):
+    """(key, read) per tensor of a safetensors file, `read()` reading that tensor's bytes alone
+    into fresh memory. Not mmap: touched pages of a mapping stay resident (and in the RSS) for
+    as long as the file is open, which would hold the whole shard."""
+    import json
+
+    with open(file, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    base = 8 + size
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+
+        def read(entry=entry):
+            start, end = entry["data_offsets"]
+            with open(file, "rb") as f:
+                f.seek(base + start)
+                data = bytearray(f.read(end - start))
+            return torch.frombuffer(data, dtype=_ST_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+        yield key, read
+
+
+def _load_zero3(name_or_path: str, *, ds_config: dict, dtype: torch.dtype, attn_implementation: str, tokenizer,
+                is_main: bool) -> nn.Module:
+    """A reward model built partitioned and filled one tensor at a time (rank 0 reads each
+    tensor, `GatheredParameters(modifier_rank=0)` scatters it). Checkpoint keys map onto the
+    model's parameters by name (a causal LM's `model.*` backbone; its `lm_head` is dropped);
+    a missing value head is initialised as OpenRLHF does."""
+    import deepspeed
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from idrm_ray.core.reward_model import VALUE_HEAD_PREFIX, finish_reward_model
+
+    path = Path(name_or_path)
+    config = AutoConfig.from_pretrained(path, num_labels=1)
+    pad_id, config.pad_token_id = config.pad_token_id, None  # zero.Init + pad_token_id fails (STACK_NOTES.md)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+        model = AutoModelForSequenceClassification.from_config(config, dtype=dtype,
+                                                               attn_implementation=attn_implementation)
+    model.config.pad_token_id = pad_id
+    params = dict(model.named_parameters())
+    loaded = set()
+    for file in _weight_files(path):
+        for key, read in _safetensors_entries(file):
+            if key not in params:
+                continue  # e.g. a causal LM's lm_head: the reward model has a value head instead
+            param = params[key]
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                if is_main:
+                    with torch.no_grad():
+                        param.data.copy_(read())
+            loaded.add(key)
+    missing = sorted(set(params) - loaded)
+    if [k for k in missing if k != f"{VALUE_HEAD_PREFIX}.weight"]:
+        raise ValueError(f"{path}: weights missing for {len(missing)} parameters, e.g. {missing[:3]}")
+    return finish_reward_model(model, name_or_path, head_missing=bool(missing), tokenizer=tokenizer)
 
 
 def _gather_zero3_state_dict(module: nn.Module, *, is_main: bool) -> dict[str, torch.Tensor] | None:
