@@ -26,6 +26,7 @@ import torch
 
 from idrm_ray.core.baselines import am_margins, flip_mask, preference_strength
 from idrm_ray.core.types import PreferenceExample
+from idrm_ray.eval.scoring import pair_outcomes
 from idrm_ray.pipeline import cluster
 from idrm_ray.pipeline.driver import train_one
 
@@ -240,7 +241,8 @@ def evaluate_checkpoint(cfg, checkpoint: str, examples: list[PreferenceExample])
     """BT accuracy and loss of a checkpoint on pairs, as the workers' periodic eval counts them."""
     gaps = pair_gaps(cfg, checkpoint, examples)
     loss = float(np.mean(np.logaddexp(0.0, -gaps))) if len(gaps) else math.nan  # -log σ(Δ)
-    return {"eval_accuracy": float(np.mean(gaps > 0)), "eval_loss": loss, "eval_pairs": int(len(gaps))}
+    accuracy = float(np.mean(pair_outcomes(gaps, np.zeros_like(gaps)))) if len(gaps) else math.nan  # ties: 0.5
+    return {"eval_accuracy": accuracy, "eval_loss": loss, "eval_pairs": int(len(gaps))}
 
 
 def score_pairs(checkpoint: str, examples, options: dict) -> tuple[np.ndarray, np.ndarray]:

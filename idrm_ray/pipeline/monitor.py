@@ -3,9 +3,9 @@
 Metric names (all prefixed `idrm_`), tagged by method:
   teacher: idrm_teacher_pairs (counter), idrm_teacher_map_bytes (counter),
            idrm_teacher_pairs_per_s (gauge)
-  student: idrm_student_steps (counter), idrm_student_pairs_per_s (gauge),
+  student: idrm_student_steps (counter: optimizer steps, from rank 0), idrm_student_pairs_per_s (gauge),
            idrm_loss{component=l_bt|l_id|l_intra|l_inter|loss} (gauge),
-           idrm_teacher_wait_s (counter: seconds students waited for maps),
+           idrm_teacher_wait_s (counter: seconds a student rank waited for maps, mean over ranks),
            idrm_teacher_wait_fraction (gauge)
 W&B runs offline unless a project is configured (WANDB_MODE / WANDB_PROJECT).
 """
@@ -48,15 +48,16 @@ class StudentMonitor:
         self.wait_frac = m.Gauge("idrm_teacher_wait_fraction", description="share of step time waiting", tag_keys=tags)
         self.last = time.perf_counter()
 
-    def record(self, row: dict) -> None:
-        self.steps.inc(1, tags=self.tags)
+    def record(self, row: dict, *, steps: int) -> None:
+        """One log window's row (already reduced over ranks: call on rank 0 only, or the
+        counters count world_size times); `steps` optimizer steps since the last record."""
+        self.steps.inc(steps, tags=self.tags)
         self.rate.set(row.get("pairs_per_s", 0.0), tags=self.tags)
         for name in LOSS_COMPONENTS:
             if row.get(name) is not None:
                 self.loss.set(float(row[name]), tags={**self.tags, "component": name})
-        frac = float(row.get("teacher_wait_fraction", 0.0))
-        self.wait_frac.set(frac, tags=self.tags)
-        self.wait_s.inc(frac * float(row.get("step_time_s", 0.0)), tags=self.tags)
+        self.wait_frac.set(float(row.get("teacher_wait_fraction", 0.0)), tags=self.tags)
+        self.wait_s.inc(float(row.get("teacher_wait_s", 0.0)), tags=self.tags)
 
 
 class WandbLogger:

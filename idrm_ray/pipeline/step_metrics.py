@@ -27,11 +27,12 @@ class StepAccumulator:
         self.busy_s += busy_s
 
     def flush(self, strategy, *, step: int, lr: float | None) -> dict:
-        """Means over all ranks' pairs since the last flush (a collective: every rank calls it)."""
-        pairs = strategy.all_reduce_sum(float(self.pairs))
-        row = {k: strategy.all_reduce_sum(v) / max(pairs, 1.0) for k, v in sorted(self.sums.items())}
-        wait = strategy.all_reduce_sum(self.wait_s)
-        busy = strategy.all_reduce_sum(self.busy_s)
+        """Means over all ranks' pairs since the last flush (a collective: every rank calls it,
+        with the same keys; one packed all-reduce for the whole window)."""
+        keys = sorted(self.sums)
+        *sums, pairs, wait, busy = strategy.all_reduce_sums(
+            [self.sums[k] for k in keys] + [float(self.pairs), self.wait_s, self.busy_s])
+        row = {k: v / max(pairs, 1.0) for k, v in zip(keys, sums)}
         elapsed = time.perf_counter() - self.t0
         row.update(
             step=step,
@@ -40,6 +41,7 @@ class StepAccumulator:
             pairs_per_s=pairs / max(elapsed, 1e-9),
             step_time_s=elapsed / max(self.steps, 1),
             teacher_wait_fraction=wait / max(wait + busy, 1e-9),
+            teacher_wait_s=wait / strategy.world_size,  # seconds per rank spent waiting for maps
         )
         self.reset()
         return row

@@ -16,6 +16,7 @@ import torch
 
 from idrm_ray.core.baselines import IBRewardHead, fold_ib_state
 from idrm_ray.core.objective import RewardForward, preference_loss
+from idrm_ray.eval.scoring import pair_outcomes
 from idrm_ray.core.reward_model import (
     VALUE_HEAD_PREFIX,
     cached_tokenizer,
@@ -51,8 +52,9 @@ def train_loop_per_worker(config: dict) -> None:
         for micro, item in enumerate(synced_batches(stream, run.strategy.all_reduce_sum)):
             if micro < progress.micro_in_epoch:
                 continue  # resumed mid-epoch: these pairs were trained on before the failure
-            if run.micro_step(micro, item) and run.done():
-                break  # every rank reaches this at the same step
+            run.micro_step(micro, item)
+            if run.done():
+                break  # every rank reaches this at the same step (done() changes only at a boundary)
         if run.done():
             break
         progress.micro_in_epoch = 0
@@ -80,10 +82,12 @@ class _WorkerRun:
         self.engine = self.strategy.prepare(module, optimizer, self.scheduler)
         self.forward = _autocast(self.engine, self.strategy)  # the maps themselves stay fp32
         self.progress = self._resume()
-        self.monitor = StudentMonitor(method=spec.method)
+        self.monitor = StudentMonitor(method=spec.method) if self.strategy.rank == 0 else None  # rows are global
+        self.logged_step = self.progress.step
         self.wandb = _wandb(spec) if self.strategy.rank == 0 else None
         self.acc = StepAccumulator()
         self.saved_step = -1  # step of the last checkpoint this process reported
+        self.window_bad, self.bad_components = False, []  # a non-finite loss in the current window
 
     def done(self) -> bool:
         """Only an explicit step cap stops early: with uneven shards an epoch can take more
@@ -91,47 +95,67 @@ class _WorkerRun:
         return self.spec.max_steps is not None and self.progress.step >= self.spec.max_steps
 
     def micro_step(self, micro: int, item) -> bool:
-        """One forward/backward; returns True when it completed an optimizer step."""
+        """One forward/backward; returns True when it ended a window with an optimizer step
+        (False between boundaries and for a dropped window, which still counts as a step)."""
         spec, strategy, progress = self.spec, self.strategy, self.progress
         t0 = time.perf_counter()
         batch = to_student_batch(item.batch, pad_id=spec.pad_id, device=self.device, use_margin=spec.use_margin)
         teacher = to_teacher_maps(item.batch, device=self.device) if spec.id_settings else None
         local_pairs = batch.num_pairs if item.real else 0
-        global_pairs = strategy.all_reduce_sum(float(local_pairs))
-        # Data-parallel normaliser (STYLE.md §1): DDP/DeepSpeed average over ranks.
-        num_pairs = global_pairs / strategy.world_size
-        loss, metrics = preference_loss(
-            self.model, batch, teacher, settings=spec.id_settings, num_pairs=num_pairs, forward=self.forward,
+        loss, metrics = preference_loss(  # normalised by the local pairs; rescaled below
+            self.model, batch, teacher, settings=spec.id_settings, forward=self.forward,
             bt=spec.bt_settings, ib_head=self.ib_head,
         )
         metrics.update(truncation_stats(item.batch))
         if teacher is not None:
             metrics.update(map_bytes_stats(item.batch, num_blocks=spec.id_settings.top_n))
-        if not item.real:
-            loss = loss * 0.0  # filler for an exhausted rank: keeps collectives matched
-        if strategy.all_reduce_sum(float(torch.isfinite(loss).item())) < strategy.world_size:
-            self._skip_nonfinite(metrics)
-            return False
-        progress.nonfinite_streak = 0
-        strategy.backward(loss)
-        boundary = strategy.is_accumulation_boundary()  # ask before step() advances the counter
-        strategy.step()
+        # ONE packed all-reduce: how many ranks have a finite loss, and the step's global pairs.
+        finite, global_pairs = strategy.all_reduce_sums([float(torch.isfinite(loss).item()), local_pairs])
+        # Data-parallel normaliser (STYLE.md §1): the loss is a sum over the global pairs divided
+        # by global/world (DDP and DeepSpeed average over ranks); a filler's weight is 0.
+        loss = loss * (local_pairs / max(global_pairs / strategy.world_size, 1e-12))
+        if finite < strategy.world_size:
+            self._note_nonfinite(metrics)  # no backward on any rank; the whole window is dropped
+        else:
+            strategy.backward(loss)
+        stepped = strategy.step(skip=self.window_bad)
         progress.micro_in_epoch = micro + 1  # same on every rank (lock-step)
         progress.pairs_seen += int(global_pairs)
-        # Fillers too (with 0 pairs): `flush` all-reduces one value per metric key, so every
-        # rank must hold the same keys even when its shard ran out for a whole log interval.
+        # Fillers too (with 0 pairs): `flush` all-reduces every metric key, so every rank must
+        # hold the same keys even when its shard ran out for a whole log interval.
         self.acc.add(metrics, pairs=local_pairs, wait_s=item.wait_s, busy_s=time.perf_counter() - t0)
-        if boundary:
-            progress.step += 1
-            self._after_step()
-        return boundary
+        if stepped is None:
+            return False
+        self._end_window(stepped)
+        progress.step += 1
+        self._after_step()
+        return stepped
+
+    def _end_window(self, stepped: bool) -> None:
+        """Count a dropped window (non-finite loss or gradients; weights untouched) and stop
+        after `max_nonfinite_steps` in a row."""
+        progress, self.window_bad = self.progress, False
+        if stepped:
+            progress.nonfinite_streak = 0
+            return
+        progress.nonfinite_skipped += 1
+        progress.nonfinite_streak += 1
+        print(f"[idrm] WARNING: step {progress.step + 1} skipped: non-finite loss or gradients "
+              f"({progress.nonfinite_skipped} skipped so far)", flush=True)
+        if progress.nonfinite_streak >= self.spec.max_nonfinite_steps:
+            raise FloatingPointError(
+                f"{progress.nonfinite_streak} consecutive non-finite losses or gradients, at step {progress.step + 1} "
+                f"(non-finite components: {', '.join(self.bad_components) or 'gradients'}); "
+                "lower the learning rate or check the data")
 
     def _after_step(self) -> None:
         spec, step = self.spec, self.progress.step
         if step % max(spec.log_every, 1) == 0:
             row = self.acc.flush(self.strategy, step=step, lr=self.scheduler.get_last_lr()[0])
             self.progress.history.append(row)
-            self.monitor.record(row)
+            if self.monitor is not None:
+                self.monitor.record(row, steps=step - self.logged_step)
+            self.logged_step = step
             if self.wandb:
                 self.wandb.log(row, step=step)
             if self.strategy.rank == 0:
@@ -196,8 +220,9 @@ class _WorkerRun:
             for item in synced_batches(batches, strategy.all_reduce_sum, filler=stack_rows(self.eval_rows[:1])):
                 batch = to_student_batch(item.batch, pad_id=self.spec.pad_id, device=self.device)
                 r_w, r_l = self.forward(batch.input_ids, batch.attention_mask).float().split(batch.num_pairs)
-                if item.real:
-                    sums += torch.tensor([(r_w > r_l).sum().item(), -torch.nn.functional.logsigmoid(r_w - r_l).sum().item(), batch.num_pairs])
+                if item.real:  # a tie counts 0.5, as `idrm-ray eval` counts it (eval.scoring.pair_outcomes)
+                    wins = float(pair_outcomes(r_w.double().cpu().numpy(), r_l.double().cpu().numpy()).sum())
+                    sums += torch.tensor([wins, -torch.nn.functional.logsigmoid(r_w - r_l).sum().item(), batch.num_pairs])
         self.engine.train()
         correct, loss, pairs = (strategy.all_reduce_sum(float(v)) for v in sums)
         return {"eval_accuracy": correct / max(pairs, 1.0), "eval_loss": loss / max(pairs, 1.0), "eval_pairs": int(pairs)}
@@ -226,18 +251,11 @@ class _WorkerRun:
         raise ckpt.CheckpointError(
             "no readable checkpoint to resume from; refusing to start over: " + "; ".join(problems))
 
-    def _skip_nonfinite(self, metrics: dict) -> None:
-        """Skip a step whose loss is NaN/inf on any rank (weights untouched); stop after K in a row."""
-        progress = self.progress
-        self.strategy.zero_grad()
-        progress.nonfinite_skipped += 1
-        progress.nonfinite_streak += 1
-        bad = [k for k, v in metrics.items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
-        if progress.nonfinite_streak >= self.spec.max_nonfinite_steps:
-            raise FloatingPointError(
-                f"{progress.nonfinite_streak} consecutive non-finite losses at step {progress.step} "
-                f"(non-finite components: {', '.join(bad) or 'loss'}); lower the learning rate or check the data"
-            )
+    def _note_nonfinite(self, metrics: dict) -> None:
+        """A non-finite loss on some rank: this micro-batch is not backpropagated and its whole
+        accumulation window is dropped at the boundary (`strategy.step(skip=True)`)."""
+        self.window_bad = True
+        self.bad_components = [k for k, v in metrics.items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
 
 
 def _autocast(engine, strategy):
@@ -253,12 +271,11 @@ def _autocast(engine, strategy):
 
 def _load_student(spec: WorkerSpec, strategy):
     """The student in its planned dtype and attention kernel; under ZeRO-3 partitioned as it
-    loads (`strategy.model_init_context`). Gradient checkpointing is non-reentrant: the Q/K
+    loads (`strategy.load_reward_model`). Gradient checkpointing is non-reentrant: the Q/K
     capture needs the recomputed blocks to carry gradients (core/capture.py)."""
-    with strategy.model_init_context():
-        model = load_reward_model(spec.student_dir, dtype=torch_dtype(spec.student_dtype),
-                                  attn_implementation=spec.attn_implementation,
-                                  tokenizer=cached_tokenizer(spec.student_dir))
+    model = strategy.load_reward_model(spec.student_dir, dtype=torch_dtype(spec.student_dtype),
+                                       attn_implementation=spec.attn_implementation,
+                                       tokenizer=cached_tokenizer(spec.student_dir))
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model

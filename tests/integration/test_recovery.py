@@ -156,6 +156,7 @@ def test_consecutive_nan_losses_stop_the_run_naming_step_and_component(ray_sessi
         with pytest.raises(Exception) as info:
             guard(lambda: driver.run_train(cfg), timeout_s=FIT_TIMEOUT_S, what="run_train with NaN losses")
     message = str(info.value)
-    assert "3 consecutive non-finite losses at step 0" in message, message
+    # Dropped windows count as (skipped) steps, as DeepSpeed counts its overflow skips.
+    assert "3 consecutive non-finite losses or gradients, at step 3" in message, message
     assert "l_bt" in message
     assert len(_events(tmp_path / "nan.log")) == 2  # two skipped; the third raised before its log line
