@@ -24,7 +24,7 @@ from idrm_ray.serve.protocol import (
     parse_reward_request,
     reward_response,
 )
-from idrm_ray.serve.scoring import QueryTooLong, RewardScorer, Scores, all_finite
+from idrm_ray.serve.scoring import QueryNotAsTrained, QueryTooLong, RewardScorer, Scores, all_finite
 
 __all__ = ["RewardService", "build_app", "install_error_handlers", "local_score_fn"]
 
@@ -64,6 +64,8 @@ class RewardService:
             scores = await self.score(req)
         except QueryTooLong as exc:
             raise RequestError(413, str(exc)) from None
+        except QueryNotAsTrained as exc:
+            raise RequestError(422, str(exc)) from None
         except RequestError:
             raise
         except Exception as exc:  # noqa: BLE001 - one failed request must not stop the server

@@ -23,16 +23,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from idrm_ray.core.reward_model import compute_rewards, load_reward_model, normalize, reward_stats
+from idrm_ray.core.reward_model import compute_rewards, load_reward_model, normalize, read_metadata, reward_stats
 from idrm_ray.core.truncation import content_budget, window_keep
 
-__all__ = ["QueryTooLong", "RewardScorer", "Scores", "all_finite", "release_freed_memory", "resolve_device_dtype"]
+__all__ = ["QueryNotAsTrained", "QueryTooLong", "RewardScorer", "Scores", "all_finite", "release_freed_memory", "resolve_device_dtype"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class QueryTooLong(ValueError):
     """A query whose special tokens alone exceed `max_len` (nothing sensible to keep)."""
+
+
+class QueryNotAsTrained(ValueError):
+    """A query rendered differently from the model's training text: chat-templated for a model
+    trained on raw prompt + response, or raw for one trained with its chat template
+    (DESIGN.md decision 9; refused, since the reward of such text is meaningless)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class RewardScorer:
         normalize_rewards: bool = False,
         special_tokens: str = "auto",
         append_eos: bool = True,
+        chat_template: bool | None = None,
     ):
         if tokenizer.eos_token_id is None and append_eos:
             raise ValueError("the tokenizer has no EOS token, so append_eos cannot work: set append_eos=false")
@@ -79,6 +86,8 @@ class RewardScorer:
         self.stats = reward_stats(model)
         self.special_tokens = special_tokens
         self.append_eos = append_eos
+        self.chat_template = chat_template
+        self.turn_marker = _turn_marker(tokenizer) if chat_template is not None else None
         self.lead = [] if special_tokens == "never" else list(tokenizer("", add_special_tokens=True)["input_ids"])
         self.special_ids = set(tokenizer.all_special_ids)
         pad = tokenizer.pad_token_id
@@ -103,12 +112,35 @@ class RewardScorer:
         model = load_reward_model(
             path, dtype=torch_dtype, attn_implementation=attn_implementation, tokenizer=tokenizer, init_value_head=False
         )
+        render = read_metadata(path).get("render")  # how training read its text (None: not recorded)
+        if render is not None:
+            kwargs.setdefault("chat_template", bool(render.get("chat_template")))
         return cls(model.to(device), tokenizer, **kwargs)
 
     # -- tokenization -----------------------------------------------------------------------
 
+    def check_render(self, query: str) -> None:
+        """Refuse a query rendered unlike the training text (`QueryNotAsTrained`): OpenRLHF's
+        `--data.apply_chat_template` puts the chat template's assistant-turn marker in every
+        query; a model trained with the template needs it, one trained without must not see it."""
+        if self.turn_marker is None:
+            return
+        templated = self.turn_marker in query
+        if templated and not self.chat_template:
+            raise QueryNotAsTrained(
+                "this reward model was trained on raw prompt + response, but the query is chat-templated "
+                f"(it holds {self.turn_marker!r}): run PPO with data.apply_chat_template=false, or train with "
+                "student.chat_template=true")
+        if self.chat_template and not templated:
+            raise QueryNotAsTrained(
+                "this reward model was trained on chat-templated text (student.chat_template), but the query has "
+                f"no assistant turn ({self.turn_marker!r}): send queries rendered with the tokenizer's chat template "
+                "(OpenRLHF: data.apply_chat_template=true)")
+
     def encode(self, queries: Sequence[str], prompts: Sequence[str] | None = None) -> list[list[int]]:
         """Token ids per query, with BOS/EOS as in training and truncated to `max_len`."""
+        for query in queries:
+            self.check_render(query)
         enc = self.tokenizer(
             list(queries), add_special_tokens=False, return_offsets_mapping=True, verbose=False
         )
@@ -185,7 +217,18 @@ class RewardScorer:
             "std": self.stats.std,
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "device": str(self.device),
+            "chat_template": self.chat_template,  # the render training used (None: not recorded)
         }
+
+
+def _turn_marker(tokenizer) -> str | None:
+    """The chat template's text between the user's content and the assistant's (e.g.
+    `<|im_end|>\n<|im_start|>assistant\n`), stripped of whitespace; None without a template."""
+    from idrm_ray.core.chat import chat_parts, has_chat_template
+
+    if not has_chat_template(tokenizer):
+        return None
+    return chat_parts(tokenizer)[1].strip() or None
 
 
 def all_finite(values: Sequence[float]) -> bool:

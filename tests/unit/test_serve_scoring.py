@@ -112,3 +112,27 @@ def test_cli_scores_par_references_with_the_server_settings(checkpoint, scorer, 
     assert rows["Human: hello?\n\nAssistant:"]["ref_rewards"] == pytest.approx(expected, abs=1e-5)
     assert main(["serve", "--checkpoint", str(checkpoint), "--score-references", str(src)]) == 2
     assert "needs --out" in capsys.readouterr().err
+
+
+def test_queries_rendered_unlike_training_are_refused(tmp_path, student_tokenizer):
+    """The checkpoint records whether training used the chat template (DESIGN.md decision 9);
+    the server refuses the other rendering (422 in the app) instead of scoring text the model
+    never saw. A checkpoint with no record accepts both (older checkpoints)."""
+    import copy
+
+    from idrm_ray.serve.scoring import QueryNotAsTrained
+
+    tok = copy.deepcopy(student_tokenizer)
+    tok.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    model = tiny.build_tiny_student(tok, num_layers=1)
+    templated, raw = "<|user|>Human: hi?<|assistant|> yes.", "Human: hi?\n\nAssistant: yes."
+    for chat, ok, refused in ((True, templated, raw), (False, raw, templated)):
+        path = save_reward_model(model, tok, tmp_path / f"rm_{chat}",
+                                 metadata={"render": {"chat_template": chat, "template": ["", "", ""], "max_len": 64}})
+        scorer = RewardScorer.from_checkpoint(path, max_len=64)
+        assert scorer.chat_template is chat and scorer.info()["chat_template"] is chat
+        assert len(scorer.score([ok]).raw) == 1
+        with pytest.raises(QueryNotAsTrained, match="trained on raw" if not chat else "trained on chat-templated"):
+            scorer.score([refused])
+    unrecorded = RewardScorer.from_checkpoint(save_reward_model(model, tok, tmp_path / "rm_none"), max_len=64)
+    assert unrecorded.chat_template is None and len(unrecorded.score([templated, raw]).raw) == 2
