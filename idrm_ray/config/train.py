@@ -150,6 +150,9 @@ class TeacherConfig:
     batch_size: int = param(16, "Pairs per call of the teacher stage (Ray Data map_batches batch_size).")
     cache_dir: str = param("", "Cache the teacher maps here, reused by runs that only change λ or N (empty: off).")
     cache_blocks: int = param(0, "Blocks kept in the map cache (N_max; 0: method.id.top_n). Runs with N <= N_max reuse it.")
+    map_format: Literal["fp16", "u8"] = param(
+        "fp16", "Unit maps as shipped and cached: fp16, or u8 (8-bit square-root companded rows with an fp16 row "
+                "max, half the bytes; `core.teacher_maps.encode_map`). Part of the map-cache key.")
     finetune: TeacherFinetuneConfig = section(TeacherFinetuneConfig)
 
     @property

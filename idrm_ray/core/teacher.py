@@ -24,6 +24,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from idrm_ray.core.teacher_maps import (
+    MAP_FORMATS,
     TeacherInputs,
     block_maps_from_rows,
     head_mean,
@@ -92,13 +93,14 @@ class TeacherAttention:
         renormalize: bool | str = True,
         head_renorm: bool = False,
         micro_batch_size: int | None = None,
+        map_format: str = "fp16",
     ):
         dev = default_device(device)
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, attn_implementation="eager", dtype=default_dtype(dev, dtype)
         )
         self._setup(model, top_n=top_n, device=dev, dtype=dtype, renormalize=renormalize, head_renorm=head_renorm,
-                    micro_batch_size=micro_batch_size)
+                    micro_batch_size=micro_batch_size, map_format=map_format)
 
     @classmethod
     def from_model(
@@ -111,15 +113,19 @@ class TeacherAttention:
         renormalize: bool | str = True,
         head_renorm: bool = False,
         micro_batch_size: int | None = None,
+        map_format: str = "fp16",
     ) -> "TeacherAttention":
         """Wrap an already-built model (it is frozen and set to eval in place)."""
         teacher = cls.__new__(cls)
         dev = torch.device(device) if device is not None else next(model.parameters()).device
         teacher._setup(model, top_n=top_n, device=dev, dtype=dtype, renormalize=renormalize, head_renorm=head_renorm,
-                       micro_batch_size=micro_batch_size)
+                       micro_batch_size=micro_batch_size, map_format=map_format)
         return teacher
 
-    def _setup(self, model, *, top_n, device, dtype, renormalize, head_renorm, micro_batch_size) -> None:
+    def _setup(self, model, *, top_n, device, dtype, renormalize, head_renorm, micro_batch_size, map_format) -> None:
+        if map_format not in MAP_FORMATS:
+            raise ValueError(f"map_format must be one of {MAP_FORMATS}, got {map_format!r}")
+        self.map_format = map_format  # shipped rows: fp16, or u8 at half the bytes (`encode_map`)
         layers = encoder_layers(model)
         if not 1 <= top_n <= len(layers):
             raise ValueError(f"top_n={top_n} but the teacher {type(model).__name__} has {len(layers)} blocks")
@@ -242,7 +248,7 @@ class TeacherAttention:
             joint = joint_unit_maps(
                 attn, inputs.teacher_unit.to(attn.device), valid, inputs.valid_w.shape[1], renormalize=self.renormalize
             )  # (b, N, U_w+U_l, U_w+U_l)
-            for i, row in zip(idx, maps_to_rows(joint, inputs.n_units_w, inputs.n_units_l)):
+            for i, row in zip(idx, maps_to_rows(joint, inputs.n_units_w, inputs.n_units_l, fmt=self.map_format)):
                 rows[i] = row
         return rows
 

@@ -200,15 +200,48 @@ def teacher_block_maps(
     return split_joint(joint, valid_w.bool().to(attn.device), valid_l.bool().to(attn.device))
 
 
-def maps_to_rows(joint: torch.Tensor, n_units_w: Sequence[int], n_units_l: Sequence[int]) -> list[np.ndarray]:
-    """Padded joint maps (B, N, U_w+U_l, U_w+U_l) -> per pair an fp16 numpy array
-    (N, u_w+u_l, u_w+u_l) cut to that pair's own unit counts, same quadrant layout."""
+MAP_FORMATS = ("fp16", "u8")
+
+
+def encode_map(m: np.ndarray, fmt: str = "fp16") -> np.ndarray:
+    """One pair's (N, U, U) map in its shipped format. "fp16": (N, U, U) float16. "u8": half the
+    bytes, (N, U, U + 2) uint8: per row 8-bit square-root companding against the row max,
+    q = round(255 sqrt(p / max)), with the max as fp16 in the row's last two bytes. Small
+    probabilities keep finer steps than linear 8 bits (error about sqrt(p * max) / 255); zeros
+    stay exactly zero. `decode_map` inverts it."""
+    if fmt not in MAP_FORMATS:
+        raise ValueError(f"map format must be one of {MAP_FORMATS}, got {fmt!r}")
+    if fmt == "fp16":
+        return np.ascontiguousarray(m, dtype=np.float16)
+    m = np.asarray(m, dtype=np.float32)
+    scale = m.max(-1, keepdims=True).clip(min=0).astype(np.float16)  # (N, U, 1)
+    s = scale.astype(np.float32)
+    x = np.divide(m, s, out=np.zeros_like(m), where=s > 0).clip(0.0, 1.0)  # fp16 rounding may exceed 1
+    q = np.rint(np.sqrt(x) * 255.0).astype(np.uint8)  # (N, U, U)
+    return np.concatenate([q, scale.view(np.uint8)], axis=-1)  # (N, U, U + 2)
+
+
+def decode_map(row: np.ndarray) -> np.ndarray:
+    """A shipped map (`encode_map`, either format) -> (N, U, U) float32."""
+    row = np.asarray(row)
+    if row.dtype != np.uint8:
+        return row.astype(np.float32)
+    scale = np.ascontiguousarray(row[..., -2:]).view(np.float16).astype(np.float32)  # (N, U, 1)
+    return np.square(row[..., :-2].astype(np.float32) / 255.0) * scale
+
+
+def maps_to_rows(
+    joint: torch.Tensor, n_units_w: Sequence[int], n_units_l: Sequence[int], *, fmt: str = "fp16"
+) -> list[np.ndarray]:
+    """Padded joint maps (B, N, U_w+U_l, U_w+U_l) -> per pair a numpy array (N, u_w+u_l,
+    u_w+u_l) cut to that pair's own unit counts, same quadrant layout, in format `fmt`
+    (`encode_map`: fp16, or u8 with two more columns)."""
     U_w = max(n_units_w)  # the padded count: where the rejected half starts
-    dense = joint.to(torch.float16).cpu().numpy()
+    dense = joint.to(torch.float16 if fmt == "fp16" else torch.float32).cpu().numpy()
     rows = []
     for b, (uw, ul) in enumerate(zip(n_units_w, n_units_l)):
         sel = np.r_[0:uw, U_w : U_w + ul]
-        rows.append(np.ascontiguousarray(dense[b][:, sel][:, :, sel]))
+        rows.append(encode_map(dense[b][:, sel][:, :, sel], fmt))
     return rows
 
 
@@ -220,18 +253,19 @@ def block_maps_from_rows(
     *,
     dtype: torch.dtype = torch.float32,
 ) -> BlockMaps:
-    """Per-pair joint maps (as `TeacherAttention` emits them) -> one padded BlockMaps.
-    This is the train worker's collate step; padded rows and columns are zero."""
+    """Per-pair joint maps (as `TeacherAttention` emits them, fp16 or u8) -> one padded
+    BlockMaps. This is the train worker's collate step; padded rows and columns are zero."""
     B = len(maps)
     N = maps[0].shape[0] if B else 0
     U_w, U_l = max(len(v) for v in valid_w), max(len(v) for v in valid_l)
     joint = np.zeros((B, N, U_w + U_l, U_w + U_l), dtype=np.float32)
     for b, m in enumerate(maps):
         uw, ul = int(n_units_w[b]), len(valid_l[b])
-        if uw != len(valid_w[b]) or m.shape != (N, uw + ul, uw + ul):
+        extra = 2 if m.dtype == np.uint8 else 0  # the u8 format's row scale
+        if uw != len(valid_w[b]) or m.shape != (N, uw + ul, uw + ul + extra):
             raise ValueError(f"pair {b}: map {m.shape} does not match N={N}, U_w={len(valid_w[b])}, U_l={ul}")
         pos = np.r_[0:uw, U_w : U_w + ul]  # where this pair's units sit in the padded layout
-        joint[b][np.ix_(range(N), pos, pos)] = m
+        joint[b][np.ix_(range(N), pos, pos)] = decode_map(m)
     vw = np.zeros((B, U_w), dtype=bool)
     vl = np.zeros((B, U_l), dtype=bool)
     for b in range(B):

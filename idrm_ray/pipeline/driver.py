@@ -181,13 +181,15 @@ def teacher_maps_stream(cfg, encoded, *, train, teacher_dir, student_dir, encode
     renormalize, head_renorm = cfg.method.id.mode, cfg.method.id.teacher_head_renorm
     top_n = cfg.method.id.top_n
     if not cfg.teacher.cache_dir:
-        kwargs = dict(teacher_path=teacher_dir, top_n=top_n, renormalize=renormalize, head_renorm=head_renorm)
+        kwargs = dict(teacher_path=teacher_dir, top_n=top_n, renormalize=renormalize, head_renorm=head_renorm,
+                      map_format=cfg.teacher.map_format)
         return teacher_stream(encoded, teacher_kwargs=kwargs, placement=placement)
     n_max = max(cfg.teacher.cache_blocks, top_n)
     key = map_cache.cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train,
                               encode_kwargs=encode_kwargs, num_blocks=n_max, renormalize=renormalize,
-                              head_renorm=head_renorm)
-    kwargs = dict(teacher_path=teacher_dir, top_n=n_max, renormalize=renormalize, head_renorm=head_renorm)
+                              head_renorm=head_renorm, map_format=cfg.teacher.map_format)
+    kwargs = dict(teacher_path=teacher_dir, top_n=n_max, renormalize=renormalize, head_renorm=head_renorm,
+                  map_format=cfg.teacher.map_format)
     return map_cache.read_or_build(
         lambda: teacher_stream(encoded, teacher_kwargs=kwargs, placement=placement),
         root=cfg.teacher.cache_dir, key=key, num_blocks=n_max, needed=top_n,

@@ -78,12 +78,13 @@ def cache_key(
     num_blocks: int,
     renormalize: bool | str,
     head_renorm: bool = False,
+    map_format: str = "fp16",
 ) -> str:
     h = hashlib.sha256(FORMAT_VERSION.encode())
     _hash_path(h, teacher_dir)  # the teacher's weights make the maps
     _hash_path(h, student_dir, tokenizer_only=True)  # the student's tokenizer only aligns units
     settings = {k: v for k, v in encode_kwargs.items() if not k.endswith("tokenizer_dir")}
-    norm = {"renorm": renormalize, "head_renorm": bool(head_renorm)}
+    norm = {"renorm": renormalize, "head_renorm": bool(head_renorm), "format": map_format}
     h.update(json.dumps({"encode": settings, "blocks": num_blocks, **norm}, sort_keys=True).encode())
     for ex in examples:
         h.update(json.dumps([ex.prompt, ex.chosen, ex.rejected, ex.margin]).encode())

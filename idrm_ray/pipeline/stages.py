@@ -62,11 +62,13 @@ class TeacherStage:
         device: str | None = None,
         renormalize: bool | str = True,
         head_renorm: bool = False,
+        map_format: str = "fp16",
     ) -> None:
         from idrm_ray.core.teacher import TeacherAttention
 
         self.teacher = TeacherAttention(
-            teacher_path, top_n=top_n, device=device, renormalize=renormalize, head_renorm=head_renorm
+            teacher_path, top_n=top_n, device=device, renormalize=renormalize, head_renorm=head_renorm,
+            map_format=map_format,
         )
         self.monitor = None
 

@@ -148,7 +148,8 @@ def build_cache(cfg: TrainJobConfig, *, train, student_dir: str, teacher_dir: st
     ek = encode_kwargs_for(cfg_max, student_dir, teacher_dir)
     key = map_cache.cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train, encode_kwargs=ek,
                               num_blocks=n_max, renormalize=cfg_max.method.id.mode,  # as teacher_maps_stream
-                              head_renorm=cfg_max.method.id.teacher_head_renorm)
+                              head_renorm=cfg_max.method.id.teacher_head_renorm,
+                              map_format=cfg_max.teacher.map_format)
     path = Path(cfg.teacher.cache_dir) / key
     existed = (path / "_SUCCESS").exists()
     t0 = time.perf_counter()

@@ -410,14 +410,89 @@ def test_head_renorm_and_joint_reach_the_stage_and_the_cache_key(teacher_dir, tm
 
     stage = TeacherStage(str(teacher_dir), top_n=1, device="cpu", renormalize="joint", head_renorm=True)
     assert stage.teacher.renormalize == "joint" and stage.teacher.head_renorm
-    cfg = load_config(TrainJobConfig, overrides=["method.id.mode=joint", "method.id.teacher_head_renorm=true"])
+    cfg = load_config(TrainJobConfig, overrides=["method.id.mode=joint", "method.id.teacher_head_renorm=true",
+                                                 "teacher.map_format=u8"])
     seen = {}
     monkeypatch.setattr(driver, "teacher_stream", lambda ds, *, teacher_kwargs, placement: seen.update(teacher_kwargs))
     driver.teacher_maps_stream(cfg, None, train=[], teacher_dir=str(teacher_dir), student_dir=str(teacher_dir),
                                encode_kwargs={}, placement=None)
-    assert seen["renormalize"] == "joint" and seen["head_renorm"] is True
+    assert seen["renormalize"] == "joint" and seen["head_renorm"] is True and seen["map_format"] == "u8"
     TeacherStage(**{**seen, "device": "cpu"})  # the kwargs build a stage as they are
     key = dict(teacher_dir=str(teacher_dir), student_dir=str(teacher_dir), examples=[], encode_kwargs={}, num_blocks=1)
     base = map_cache.cache_key(**key, renormalize="separate")
     assert map_cache.cache_key(**key, renormalize="separate", head_renorm=True) != base
     assert map_cache.cache_key(**key, renormalize="joint") != base
+    assert map_cache.cache_key(**key, renormalize="separate", map_format="u8") != base
+
+
+# ---------------------------------------------------------------- map formats and bytes
+
+
+def test_u8_rows_by_hand():
+    from idrm_ray.core.teacher_maps import decode_map, encode_map
+
+    m = np.array([[[0.25, 0.0, 1.0], [0.0, 0.0, 0.0], [0.02, 0.5, 0.0]]], dtype=np.float32)  # (N=1, U=3, U)
+    row = encode_map(m, "u8")
+    assert row.dtype == np.uint8 and row.shape == (1, 3, 5) and (row.nbytes, encode_map(m).nbytes) == (15, 18)
+    # Row 0: max 1 -> round(255 sqrt([0.25, 0, 1])) = [128, 0, 255]; fp16 1.0 = 0x3C00, little-endian [0, 60].
+    assert row[0, 0].tolist() == [128, 0, 255, 0, 60]
+    assert row[0, 1].tolist() == [0, 0, 0, 0, 0]  # an all-zero row (invalid unit) stays zero, scale 0
+    # Row 2: max 0.5 -> sqrt([0.04, 1, 0]) * 255 = [51, 255, 0]; decodes to (51/255)^2 * 0.5 = 0.02 exactly.
+    assert row[0, 2, :3].tolist() == [51, 255, 0]
+    back = decode_map(row)
+    np.testing.assert_allclose(back, m, atol=(128 / 255) ** 2 - 0.25 + 1e-7)  # the worst here: 0.25 -> 0.25196
+    assert back[0, 1].sum() == 0 and back[0, 2, 0] == pytest.approx(0.02, abs=1e-7)
+    np.testing.assert_array_equal(decode_map(encode_map(m)), m.astype(np.float16).astype(np.float32))
+    with pytest.raises(ValueError, match="map format"):
+        encode_map(m, "int4")
+
+
+def test_u8_rows_through_the_teacher_the_cache_columns_and_the_collate(teacher_dir, teacher_tokenizer):
+    from idrm_ray.pipeline.ingest import map_bytes_stats, teacher_rows
+    from idrm_ray.pipeline.map_cache import split_block_columns
+
+    pairs = [make_pair(teacher_tokenizer, *t, group=True, invalid=(2,), seed=i) for i, t in enumerate(TEXTS)]
+    fp16 = TeacherAttention(str(teacher_dir), device="cpu", top_n=2)
+    u8 = TeacherAttention(str(teacher_dir), device="cpu", top_n=2, map_format="u8")
+    out16, out8 = fp16(as_batch(pairs)), u8(as_batch(pairs))
+    for a, b, n8, n16 in zip(out16["teacher_maps"], out8["teacher_maps"], out8["teacher_map_bytes"], out16["teacher_map_bytes"]):
+        N, U = a.shape[:2]
+        assert b.dtype == np.uint8 and b.shape == (N, U, U + 2)
+        assert (n16, n8) == (2 * N * U * U, N * U * (U + 2))  # 1 byte per entry + a 2-byte scale per row
+    # The cache's per-block columns stack back to the same rows; the collate decodes them.
+    cached = split_block_columns({**out8, "pair_id": np.arange(3)})
+    rows = teacher_rows(cached)
+    for a, b in zip(rows, out8["teacher_maps"]):
+        np.testing.assert_array_equal(a, b)
+    stats = map_bytes_stats({**out8, "teacher_maps": rows}, num_blocks=2)
+    assert stats["teacher_map_bytes"] < 0.25 * stats["token_fp32_map_bytes"]
+    args = ([len(p["unit_valid_w"]) for p in pairs], [p["unit_valid_w"] for p in pairs], [p["unit_valid_l"] for p in pairs])
+    got, want = block_maps_from_rows(rows, *args), block_maps_from_rows(list(out16["teacher_maps"]), *args)
+    for name in BLOCKS:
+        torch.testing.assert_close(got.block(name), want.block(name), atol=4e-3, rtol=0)
+    with pytest.raises(ValueError, match="map_format"):
+        TeacherAttention(str(teacher_dir), device="cpu", map_format="fp8")
+
+
+def test_map_bytes_follow_the_teacher_window(student_tokenizer, unigram_tokenizer):
+    # DESIGN.md decision 8 with a student window 4x the teacher's: the maps of the default
+    # units are bounded by the teacher's content tokens (fp16 < 1/2 of the token-level fp32
+    # map, u8 < 1/4), the former rule's grow with the student window.
+    from idrm_ray.core.units import encode_pairs
+    from idrm_ray.pipeline.ingest import map_bytes_stats
+
+    model = _sharpen(tiny.build_tiny_teacher(unigram_tokenizer, family="deberta-v2"))
+    teacher = TeacherAttention.from_model(model)
+    text = " ".join(tiny.tiny_corpus(60, seed=3))
+    examples = [PreferenceExample(text[:600], " " + text[600:1400], " " + text[1400:2000])]
+    ratio = {}
+    for rule, fmt in [("either_window", "fp16"), ("teacher_window", "fp16"), ("teacher_window", "u8")]:
+        encs = encode_pairs(examples, student_tokenizer, unigram_tokenizer, student_max_len=256, teacher_max_len=64,
+                            map_units=rule)
+        teacher.map_format = fmt
+        cols = [[getattr(e, c) for e in encs] for c in COLS]
+        stats = map_bytes_stats({"teacher_maps": teacher.unit_map_rows(*cols), "teacher_ids": cols[0]}, num_blocks=1)
+        ratio[rule, fmt] = stats["teacher_map_bytes"] / stats["token_fp32_map_bytes"]
+        assert encs[0].stats.units_outside_teacher > 0 and len(encs[0].student_ids_w) == 256
+    assert ratio["teacher_window", "fp16"] < 0.5 and ratio["teacher_window", "u8"] < 0.25
+    assert ratio["either_window", "fp16"] > 4 * ratio["teacher_window", "fp16"]
