@@ -53,7 +53,10 @@ class PairEncoding:
     Units are numbered per half: chosen units 0..U_w-1 over the content string
     prompt+chosen, rejected units 0..U_l-1 over prompt+rejected. On the teacher the
     rejected half's units are offset by U_w (one global numbering over the joint input).
-    -1 marks a token with no unit: specials (BOS/EOS/CLS/SEP), chat-template tokens, padding.
+    -1 marks a token with no unit: specials (BOS/EOS/CLS/SEP), chat-template tokens, padding,
+    and (default `map_units="teacher_window"`, DESIGN.md decision 8) tokens of units that are
+    not valid, e.g. student tokens past the teacher's window: the maps then cover only valid
+    units, so `unit_valid_*` is all True and U_w + U_l is bounded by the teacher's window.
     """
 
     student_ids_w: np.ndarray  # (n_w,) int64: [BOS] prompt+chosen [EOS]
