@@ -98,14 +98,24 @@ def _tokenize(tokenizer, texts: list[str], *, add_special_tokens: bool) -> list[
         return_token_type_ids=False,
         verbose=False,  # long inputs are truncated here, not by the tokenizer
     )
-    rows = zip(enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"])
+    rows = zip(texts, enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"])
+    specials = {int(i): str(t).casefold() for i, t in zip(tokenizer.all_special_ids, tokenizer.all_special_tokens)}
+    return [_mark_specials(t, np.asarray(i, np.int64), np.asarray(o, np.int64), m, specials) for t, i, o, m in rows]
+
+
+def _mark_specials(text: str, ids: np.ndarray, offsets: np.ndarray, mask, specials: dict[int, str]) -> _Tokens:
     # The mask flags only what the post-processor added; special tokens written in the text
-    # (chat markers such as <|im_end|>, or a prompt quoting one) are specials too: no unit.
-    specials = np.asarray(sorted(set(getattr(tokenizer, "all_special_ids", None) or [])), np.int64)
-    return [
-        _Tokens(ids, np.asarray(o, np.int64).reshape(-1, 2), np.asarray(m, bool) | np.isin(ids, specials))
-        for ids, o, m in ((np.asarray(i, np.int64), o, m) for i, o, m in rows)
-    ]
+    # (chat markers such as <|im_end|>, a prompt quoting [SEP]) are specials too: made
+    # zero-width, they get no unit on either side but keep their place for truncation.
+    # A special id over other characters (UNK for an emoji) stands for real text: kept.
+    offsets = offsets.reshape(-1, 2).copy()
+    special = np.asarray(mask, bool).copy()
+    for j in np.flatnonzero(np.isin(ids, list(specials)) & (offsets[:, 1] > offsets[:, 0])):
+        a, b = offsets[j]
+        if text[a:b].casefold() == specials[int(ids[j])]:
+            special[j] = True
+            offsets[j, 1] = a
+    return _Tokens(ids, offsets, special)
 
 
 def _with_eos(tokens: _Tokens, eos_id: int) -> _Tokens:

@@ -28,7 +28,7 @@ UNICODE = [
     PreferenceExample("שלום עולם مرحبا بالعالم", " a\u200bb\u200cc\u200dd\ufeffe", " \u202eevil\u202c text"),
     PreferenceExample("\n\nHuman: tabs\t\tand  spaces \n\nAssistant:", " \u00a0nbsp\u3000wide space ", "\n"),
     # a special token written in the text is a special token to the student: no unit
-    PreferenceExample("Quote <|im_end|> and <|endoftext|> here", " ok", ""),
+    PreferenceExample("Quote <|im_end|> and <|endoftext|> here", " ok [SEP] [CLS] ya", ""),
 ]
 USER, ASSISTANT = "<|im_start|>user\n", "<|im_start|>assistant\n"
 
@@ -113,8 +113,9 @@ def test_units_cover_the_text_exactly_once(example, smollm2_tokenizer, minilm_to
         t = t_tok(content, add_special_tokens=False, return_offsets_mapping=True)
         assert s["input_ids"] == ids.tolist() and len(t["input_ids"]) == len(t_unit)
         s_special = np.isin(s["input_ids"], list(specials))
-        covered = _covered(s["offset_mapping"], pos, len(text), s_special) | _covered(t["offset_mapping"],
-                                                                                   np.arange(len(content)), len(content))
+        t_special = np.isin(t["input_ids"], list(set(t_tok.all_special_ids) - {t_tok.unk_token_id}))
+        covered = _covered(s["offset_mapping"], pos, len(text), s_special)
+        covered |= _covered(t["offset_mapping"], np.arange(len(content)), len(content), t_special)
         # Spans are ordered and disjoint, and their union is exactly the covered characters.
         assert (spans[:, 1] > spans[:, 0]).all() and (spans[1:, 0] >= spans[:-1, 1]).all()
         in_unit = np.zeros(len(content), int)
@@ -129,8 +130,8 @@ def test_units_cover_the_text_exactly_once(example, smollm2_tokenizer, minilm_to
             else:
                 assert unit[i] >= 0 and spans[unit[i], 0] <= span[0] and span[1] <= spans[unit[i], 1]
         # Teacher (lowercased, accents stripped): every token with characters lies inside its unit.
-        for (a, b), u in zip(t["offset_mapping"], t_unit - offset * (t_unit >= 0)):
-            if b > a:
+        for (a, b), u, special in zip(t["offset_mapping"], t_unit - offset * (t_unit >= 0), t_special):
+            if b > a and not special:  # [UNK] (emoji here) is content; [SEP] typed in the text is not
                 assert u >= 0 and spans[u, 0] <= a and b <= spans[u, 1]
             else:
                 assert u == -1

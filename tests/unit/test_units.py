@@ -491,3 +491,17 @@ def test_chat_template_errors(student_tokenizer, teacher_tokenizer):
         chat_layout(_with_template(student_tokenizer, TRIMMING), HH.prompt, HH.chosen)
     with pytest.raises(ValueError, match="template 'chatml'"):
         encode_pair(HH, student_tokenizer, teacher_tokenizer, student_max_len=64, template="chatml")
+
+
+def test_special_tokens_written_in_the_text_have_no_unit(student_tokenizer, teacher_tokenizer):
+    # "</s>" and "[SEP]" typed in a prompt are parsed as specials by the tokenizers: they are no
+    # text, so no unit; an [UNK] standing for an unknown character (the emoji) is text and keeps one.
+    ex = PreferenceExample("quote </s> and [SEP] here 🦜", " ok", " no")
+    enc = encode_pair(ex, student_tokenizer, teacher_tokenizer, student_max_len=64, map_units="either_window")
+    eos, sep, unk = student_tokenizer.eos_token_id, teacher_tokenizer.sep_token_id, teacher_tokenizer.unk_token_id
+    assert (enc.student_unit_w[enc.student_ids_w == eos] == -1).all() and (enc.student_ids_w == eos).sum() == 2
+    assert (enc.teacher_unit[enc.teacher_ids == sep] == -1).all() and (enc.teacher_ids == sep).sum() == 4
+    assert unk in enc.teacher_ids.tolist() and (enc.teacher_unit[enc.teacher_ids == unk] >= 0).all()
+    content = ex.prompt + ex.chosen
+    texts = [content[a:b] for a, b in enc.unit_spans_w]
+    assert not any("</s>" in t or "[SEP]" in t for t in texts) and any("🦜" in t for t in texts)
