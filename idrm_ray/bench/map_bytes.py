@@ -11,8 +11,9 @@ its pairs joined into one prompt and two responses), so every window is full.
 
 "before" is the former rule (`encode_pairs(map_units="either_window")`: every unit with a kept
 token in either window), "after" the default (`"teacher_window"`: the valid units, all inside
-the teacher's window). Wire bytes are what the teacher stage ships (`teacher_map_bytes`, the fp16
-maps); cache bytes are the Parquet file of the per-block map columns as Ray Data writes them
+the teacher's window), both with fp16 maps; "after-u8" is "after" with the opt-in 8-bit rows
+(`teacher.map_format=u8`), with its error against fp16. Wire bytes are what the teacher stage
+ships (`teacher_map_bytes`); cache bytes are the Parquet file of the per-block map columns as Ray Data writes them
 (its tensor extension, default snappy compression), per pair. The token-level reference is
 `pipeline.ingest.map_bytes_stats`'s.
 """

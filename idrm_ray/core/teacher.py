@@ -231,7 +231,8 @@ class TeacherAttention:
         unit_valid_w: Sequence[np.ndarray],
         unit_valid_l: Sequence[np.ndarray],
     ) -> list[np.ndarray]:
-        """Per pair an fp16 (N, U_w+U_l, U_w+U_l) joint map ([[ww, wl], [lw, ll]]).
+        """Per pair a (N, U_w+U_l, U_w+U_l) joint map ([[ww, wl], [lw, ll]]) in `map_format`
+        (fp16; u8 adds two columns, `teacher_maps.encode_map`).
         Pairs are sorted by length into micro-batches so padding stays small."""
         B = len(teacher_ids)
         if B == 0:
@@ -254,7 +255,7 @@ class TeacherAttention:
 
     def __call__(self, batch: dict) -> dict:
         """Ray Data `map_batches` entry: ragged numpy columns in; the batch plus
-        `teacher_maps` (per row fp16 (N, U_w+U_l, U_w+U_l)) and `teacher_map_bytes` out."""
+        `teacher_maps` (per row (N, U_w+U_l, U_w+U_l) fp16, or u8 (N, U, U + 2)) and `teacher_map_bytes` out."""
         missing = [c for c in _ROW_COLUMNS if c not in batch]
         if missing:
             raise KeyError(f"teacher batch lacks columns {missing}; it needs {list(_ROW_COLUMNS)}")
