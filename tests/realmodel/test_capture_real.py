@@ -17,10 +17,8 @@ from idrm_ray.core.reward_model import backbone, compute_rewards, load_reward_mo
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.core.units import collate_pairs, encode_pairs
 
-PAIRS = [
-    PreferenceExample("What is the capital of France?", " Paris.", " I think it is Lyon, but I am not sure."),
-    PreferenceExample("Say hi in Japanese 🙂", " こんにちは!", " Hola."),
-]
+# One pair: its chosen and rejected rows differ in length, so the batch has padding.
+PAIRS = [PreferenceExample("What is the capital of France? 🙂", " Paris.", " I think it is Lyon, but I am not sure.")]
 
 
 @pytest.fixture(scope="module")
