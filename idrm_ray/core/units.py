@@ -99,8 +99,18 @@ def _tokenize(tokenizer, texts: list[str], *, add_special_tokens: bool) -> list[
         verbose=False,  # long inputs are truncated here, not by the tokenizer
     )
     rows = zip(texts, enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"])
-    specials = {int(i): str(t).casefold() for i, t in zip(tokenizer.all_special_ids, tokenizer.all_special_tokens)}
+    specials = _special_texts(tokenizer)
     return [_mark_specials(t, np.asarray(i, np.int64), np.asarray(o, np.int64), m, specials) for t, i, o, m in rows]
+
+
+def _special_texts(tokenizer) -> dict[int, str]:
+    """{id: casefolded text} of the special tokens: the named ones and every added token
+    flagged special (e.g. Llama-3's <|eot_id|>, <|start_header_id|>)."""
+    out = {int(i): str(t) for i, t in zip(tokenizer.all_special_ids, tokenizer.all_special_tokens)}
+    for i, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(tok, "special", False):
+            out[int(i)] = str(tok.content)
+    return {i: t.casefold() for i, t in out.items()}
 
 
 def _mark_specials(text: str, ids: np.ndarray, offsets: np.ndarray, mask, specials: dict[int, str]) -> _Tokens:
