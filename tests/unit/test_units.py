@@ -434,6 +434,12 @@ TRIMMING = (
     "{% if add_generation_prompt %}{{ '[assistant]\\n' }}{% endif %}"
 )
 
+# No end-of-turn marker: OpenRLHF's rstrip("\n") then eats the response's own trailing newlines.
+BARE = (
+    "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
+
 
 def _with_template(tokenizer, template):
     import copy
@@ -458,7 +464,7 @@ def _content_of_units(enc, content):
     return [content[a:b] for a, b in enc.unit_spans_w]
 
 
-@pytest.mark.parametrize("template", [CHATML, TRIMMING], ids=["chatml", "trimming"])
+@pytest.mark.parametrize("template", [CHATML, TRIMMING, BARE], ids=["chatml", "trimming", "bare"])
 def test_chat_template_text_is_openrlhfs_and_template_maps_to_no_unit(template, student_tokenizer, teacher_tokenizer):
     from idrm_ray.core.chat import chat_render
 
@@ -470,7 +476,7 @@ def test_chat_template_text_is_openrlhfs_and_template_maps_to_no_unit(template, 
     enc = encode_pair(ex, tok, teacher_tokenizer, student_max_len=128, template="chat", map_units="either_window")
     want = tok(_openrlhf_text(tok, ex.prompt, ex.chosen), add_special_tokens=False)["input_ids"]
     assert enc.student_ids_w.tolist() == want  # no added BOS, and the last token is EOS
-    assert want[-1] == tok.eos_token_id and want.count(tok.bos_token_id) == (3 if template == CHATML else 1)
+    assert want[-1] == tok.eos_token_id and want.count(tok.bos_token_id) == {CHATML: 3, TRIMMING: 1, BARE: 0}[template]
     # Only content tokens have a unit, and units only hold content characters.
     content = ex.prompt + ex.chosen
     units = _content_of_units(enc, content)
