@@ -455,9 +455,10 @@ _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16
 
 
 def _safetensors_entries(file: Path):
-    """(key, read) per tensor of a safetensors file, `read()` reading that tensor's bytes alone
-    into fresh memory. Not mmap: touched pages of a mapping stay resident (and in the RSS) for
-    as long as the file is open, which would hold the whole shard."""
+    """(key, read_into) per tensor of a safetensors file: `read_into(dest)` fills `dest` with
+    that tensor's bytes alone, straight into its storage when dtype and shape agree (else via
+    one converted copy). Not mmap: touched pages of a mapping stay resident (and in the RSS)
+    for as long as the file is open, which would hold the whole shard."""
     import json
 
     with open(file, "rb") as f:
@@ -468,14 +469,32 @@ def _safetensors_entries(file: Path):
         if key == "__metadata__":
             continue
 
-        def read(entry=entry):
+        def read_into(dest: torch.Tensor, entry=entry) -> None:
             start, end = entry["data_offsets"]
+            dtype, shape = _ST_DTYPES[entry["dtype"]], torch.Size(entry["shape"])
+            if dest.shape != shape:
+                raise ValueError(f"{file}: {key} has shape {tuple(shape)}, the model {tuple(dest.shape)}")
             with open(file, "rb") as f:
                 f.seek(base + start)
+                if dest.dtype == dtype and dest.is_contiguous() and dest.device.type == "cpu":
+                    f.readinto(memoryview(dest.view(torch.uint8).numpy()))  # no intermediate copy
+                    return
                 data = bytearray(f.read(end - start))
-            return torch.frombuffer(data, dtype=_ST_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+            dest.copy_(torch.frombuffer(data, dtype=dtype).reshape(shape))
 
-        yield key, read
+        yield key, read_into
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc malloc_trim): the gathered full tensors of a
+    ZeRO-3 load are freed one by one, but malloc keeps their pages unless told."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def _load_zero3(name_or_path: str, *, ds_config: dict, dtype: torch.dtype, attn_implementation: str, tokenizer,
@@ -492,22 +511,26 @@ def _load_zero3(name_or_path: str, *, ds_config: dict, dtype: torch.dtype, attn_
     path = Path(name_or_path)
     config = AutoConfig.from_pretrained(path, num_labels=1)
     pad_id, config.pad_token_id = config.pad_token_id, None  # zero.Init + pad_token_id fails (STACK_NOTES.md)
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+    # No `dtype=`: DeepSpeed 0.19.6 reads `dtype or half if fp16-capable else bf16`, which on a CPU
+    # accelerator gives bf16 whatever is passed; from the config it is bf16 / fp16 / fp32 as trained.
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
         model = AutoModelForSequenceClassification.from_config(config, dtype=dtype,
                                                                attn_implementation=attn_implementation)
     model.config.pad_token_id = pad_id
     params = dict(model.named_parameters())
     loaded = set()
+    _release_freed_memory()  # the full tensors each module held before zero.Init partitioned it
     for file in _weight_files(path):
-        for key, read in _safetensors_entries(file):
+        for key, read_into in _safetensors_entries(file):
             if key not in params:
                 continue  # e.g. a causal LM's lm_head: the reward model has a value head instead
             param = params[key]
             with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
                 if is_main:
                     with torch.no_grad():
-                        param.data.copy_(read())
+                        read_into(param.data)
             loaded.add(key)
+    _release_freed_memory()
     missing = sorted(set(params) - loaded)
     if [k for k in missing if k != f"{VALUE_HEAD_PREFIX}.weight"]:
         raise ValueError(f"{path}: weights missing for {len(missing)} parameters, e.g. {missing[:3]}")
