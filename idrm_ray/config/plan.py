@@ -66,7 +66,7 @@ def make_plan(cfg: TrainJobConfig, num_train_pairs: int) -> TrainPlan:
         checkpoint_every=min(cfg.run.checkpoint_every or total, total),
         precision=precision,
         student_dtype=_student_dtype(cfg, precision),
-        teacher_dtype=_teacher_dtype(cfg),
+        teacher_dtype=teacher_dtype(cfg),
         distill=distill,
         teacher_blocks=cfg.method.id.top_n if distill else 0,
         finetune_teacher=distill and cfg.teacher.name_or_path == "",
@@ -86,7 +86,7 @@ def _student_dtype(cfg: TrainJobConfig, precision: str) -> str:
     return precision if cfg.deepspeed.enabled else "fp32"
 
 
-def _teacher_dtype(cfg: TrainJobConfig) -> str:
+def teacher_dtype(cfg: TrainJobConfig) -> str:
     # The teacher is frozen and its maps travel in fp16 (DESIGN.md §2); CPUs compute in fp32.
     if cfg.teacher.dtype != "auto":
         return cfg.teacher.dtype

@@ -15,7 +15,7 @@ import numpy as np
 import ray
 
 from idrm_ray.config import dump_config
-from idrm_ray.config.plan import make_plan
+from idrm_ray.config.plan import make_plan, teacher_dtype
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.core.objective import BTSettings, IDSettings
 from idrm_ray.data import bundled_path, load_preferences
@@ -180,16 +180,17 @@ def teacher_maps_stream(cfg, encoded, *, train, teacher_dir, student_dir, encode
     # Rows renormalised over the kept keys of each half (separate) or of both (joint), METHOD.md §6.
     renormalize, head_renorm = cfg.method.id.mode, cfg.method.id.teacher_head_renorm
     top_n = cfg.method.id.top_n
+    dtype = teacher_dtype(cfg)  # teacher.dtype; auto: fp16 on teacher GPUs, fp32 on CPU (the plan's)
     if not cfg.teacher.cache_dir:
         kwargs = dict(teacher_path=teacher_dir, top_n=top_n, renormalize=renormalize, head_renorm=head_renorm,
-                      map_format=cfg.teacher.map_format)
+                      map_format=cfg.teacher.map_format, dtype=dtype)
         return teacher_stream(encoded, teacher_kwargs=kwargs, placement=placement)
     n_max = max(cfg.teacher.cache_blocks, top_n)
     key = map_cache.cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train,
                               encode_kwargs=encode_kwargs, num_blocks=n_max, renormalize=renormalize,
                               head_renorm=head_renorm, map_format=cfg.teacher.map_format)
     kwargs = dict(teacher_path=teacher_dir, top_n=n_max, renormalize=renormalize, head_renorm=head_renorm,
-                  map_format=cfg.teacher.map_format)
+                  map_format=cfg.teacher.map_format, dtype=dtype)
     return map_cache.read_or_build(
         lambda: teacher_stream(encoded, teacher_kwargs=kwargs, placement=placement),
         root=cfg.teacher.cache_dir, key=key, num_blocks=n_max, needed=top_n,

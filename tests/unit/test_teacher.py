@@ -417,7 +417,14 @@ def test_head_renorm_and_joint_reach_the_stage_and_the_cache_key(teacher_dir, tm
     driver.teacher_maps_stream(cfg, None, train=[], teacher_dir=str(teacher_dir), student_dir=str(teacher_dir),
                                encode_kwargs={}, placement=None)
     assert seen["renormalize"] == "joint" and seen["head_renorm"] is True and seen["map_format"] == "u8"
+    assert seen["dtype"] == "fp32"  # the plan's teacher dtype on CPU (auto)
     TeacherStage(**{**seen, "device": "cpu"})  # the kwargs build a stage as they are
+    # teacher.dtype reaches the teacher's weights (fp16 on teacher GPUs by default; here asked for).
+    cfg16 = load_config(TrainJobConfig, overrides=["teacher.dtype=bf16"])
+    driver.teacher_maps_stream(cfg16, None, train=[], teacher_dir=str(teacher_dir), student_dir=str(teacher_dir),
+                               encode_kwargs={}, placement=None)
+    assert seen["dtype"] == "bf16"
+    assert TeacherStage(**{**seen, "device": "cpu"}).teacher.model.dtype == torch.bfloat16
     key = dict(teacher_dir=str(teacher_dir), student_dir=str(teacher_dir), examples=[], encode_kwargs={}, num_blocks=1)
     base = map_cache.cache_key(**key, renormalize="separate")
     assert map_cache.cache_key(**key, renormalize="separate", head_renorm=True) != base
