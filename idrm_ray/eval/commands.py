@@ -44,9 +44,10 @@ def add_eval_commands(sub) -> None:
     )
     p.add_argument(
         "--render",
-        default="hh",
-        choices=("hh", "raw"),
-        help="RewardBench 1/2 and RM-Bench prompts as one HH turn (hh) or as is",
+        default="auto",
+        choices=("auto", "hh", "raw"),
+        help="RewardBench 1/2 and RM-Bench prompts as one HH turn (hh) or as is (raw); auto: raw when the "
+             "checkpoint was trained with its chat template, else hh",
     )
     p.add_argument("--output-dir", default=None, help="eval folder (default <run>/<method>/eval or eval/<name>)")
     p.add_argument("--label", default=None, help="model name in reports")

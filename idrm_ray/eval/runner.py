@@ -44,7 +44,7 @@ class EvalOptions:
     data: tuple[str, ...]
     layout: str = "auto"
     split: str | None = None
-    render: str = "hh"  # hh: RewardBench prompts as one HH turn; raw: strings as they are
+    render: str = "auto"  # hh: RewardBench prompts as one HH turn; raw: as they are; auto: raw for chat-trained
     output_dir: str | None = None
     label: str | None = None  # the model's name in reports (default: run/method or dir name)
     max_pairs: int | None = None
@@ -200,7 +200,7 @@ def run_eval(opts: EvalOptions) -> dict:
         raise EvalError("no eval data: pass --data (a file, folder or hub id) at least once")
     if opts.token_view_pair is not None and not opts.diagnostics:
         raise EvalError("--token-view-pair needs --diagnostics")
-    kwargs = dict(layout=opts.layout, split=opts.split, render=opts.render, skip_bad_rows=opts.skip_bad_rows)
+    kwargs = dict(layout=opts.layout, split=opts.split, render=_prompt_render(opts), skip_bad_rows=opts.skip_bad_rows)
     sets = [load_eval_set(src, max_rows=opts.max_pairs, **kwargs) for src in opts.data]  # all valid before any model
     if opts.token_view_pair is not None:
         for s in sets:
@@ -228,6 +228,14 @@ def run_eval(opts: EvalOptions) -> dict:
     report.write_eval_report(out_root, [r for _, r, _ in done], label=label)
     print(f"[idrm] report: {out_root / 'report.md'}")
     return summary
+
+
+def _prompt_render(opts: EvalOptions) -> str:
+    """`--render auto`: benchmark prompts as one HH turn for a model trained on raw text, as they
+    are for one trained with its chat template (the template then makes the turns)."""
+    if opts.render != "auto":
+        return opts.render
+    return "raw" if checkpoint_render(opts.checkpoint, run_config_of(opts.checkpoint)[0])["chat_template"] else "hh"
 
 
 def _size(s: EvalSet | CompletionSet) -> str:
