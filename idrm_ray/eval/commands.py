@@ -19,10 +19,12 @@ EVAL_COMMANDS = ("eval", "report")
 EXIT_BAD_INPUT = 2
 
 
-def _template(text: str) -> tuple[str, str, str]:
+def _template(text: str) -> tuple[str, str, str] | str:
+    if text == "chat":  # the tokenizer's own chat template (checkpoints from elsewhere record none)
+        return "chat"
     parts = text.encode().decode("unicode_escape").split("|")
     if len(parts) != 3:
-        raise argparse.ArgumentTypeError("--template is PREFIX|SEPARATOR|SUFFIX (escapes like \\n allowed)")
+        raise argparse.ArgumentTypeError("--template is chat or PREFIX|SEPARATOR|SUFFIX (escapes like \\n allowed)")
     return parts[0], parts[1], parts[2]
 
 
@@ -56,7 +58,8 @@ def add_eval_commands(sub) -> None:
     p.add_argument(
         "--max-len", type=int, default=None, help="student tokens per sequence (default: the run's, else 1024)"
     )
-    p.add_argument("--template", type=_template, default=None, help="PREFIX|SEPARATOR|SUFFIX (default: the run's)")
+    p.add_argument("--template", type=_template, default=None, help="`chat` (the tokenizer's chat template) or PREFIX|SEPARATOR|SUFFIX (default: as the checkpoint "
+                        "was trained, from its metadata or run config)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"))

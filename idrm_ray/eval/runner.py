@@ -50,7 +50,7 @@ class EvalOptions:
     max_pairs: int | None = None
     skip_bad_rows: bool = False
     max_len: int | None = None  # None: the run's student.max_len, else 1024
-    template: tuple[str, str, str] | None = None  # None: the run's student.template
+    template: tuple[str, str, str] | str | None = None  # "chat" or a tuple; None: as the checkpoint was trained
     batch_size: int = 16
     device: str = "auto"
     dtype: str = "auto"
@@ -110,7 +110,8 @@ def checkpoint_render(checkpoint: str, run_cfg: dict) -> dict:
     }
     parts = tuple(source.get("template") or ("", "", ""))
     template = "chat" if source.get("chat_template") else (parts if any(parts) else None)
-    return {"template": template, "max_len": source.get("max_len"), "chat_template": bool(source.get("chat_template"))}
+    return {"template": template, "max_len": source.get("max_len"), "chat_template": bool(source.get("chat_template")),
+            "recorded": saved is not None}
 
 
 class LoadedModel:
@@ -123,9 +124,10 @@ class LoadedModel:
         render = checkpoint_render(checkpoint, cfg)
         self.checkpoint = checkpoint
         self.max_len = int(opts.max_len or render["max_len"] or DEFAULT_MAX_LEN)
-        if opts.template is not None and render["chat_template"]:
-            raise EvalError(f"{checkpoint} was trained on chat-templated text (student.chat_template, in its "
-                            f"metadata): --template {opts.template!r} would score text it never saw; drop --template")
+        if opts.template is not None and render["recorded"] and (opts.template == "chat") != render["chat_template"]:
+            trained = "chat-templated text" if render["chat_template"] else "raw prompt + response"
+            raise EvalError(f"{checkpoint} was trained on {trained} (its metadata records it): --template "
+                            f"{opts.template!r} would score text it never saw; drop --template")
         self.template = opts.template if opts.template is not None else render["template"]
         self.opts = opts
         try:  # a path that is not a model is bad input, not a crash
@@ -235,7 +237,8 @@ def _prompt_render(opts: EvalOptions) -> str:
     are for one trained with its chat template (the template then makes the turns)."""
     if opts.render != "auto":
         return opts.render
-    return "raw" if checkpoint_render(opts.checkpoint, run_config_of(opts.checkpoint)[0])["chat_template"] else "hh"
+    chat = opts.template == "chat" or checkpoint_render(opts.checkpoint, run_config_of(opts.checkpoint)[0])["chat_template"]
+    return "raw" if chat else "hh"
 
 
 def _size(s: EvalSet | CompletionSet) -> str:
