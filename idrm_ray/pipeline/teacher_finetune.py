@@ -76,15 +76,19 @@ class LinearSchedule:
 
 
 class _Progress:
-    """Rank 0's console progress: step/total, loss since the last line, examples/s, ETA."""
+    """Rank 0's console progress (step/total, loss since the last line, examples/s, ETA), and
+    the first, peak and latest learning rate for the epoch reports."""
 
     def __init__(self, spec: TeacherFinetuneSpec, schedule: LinearSchedule, *, enabled: bool):
         self.spec, self.total_steps, self.enabled = spec, schedule.total_steps, enabled
         self.total_examples = spec.epochs * spec.num_train
         self.seen = self.train_s = 0.0
         self._loss_sum = self._loss_n = 0.0
+        self.lrs: dict[str, float] = {}
 
-    def add(self, *, examples: float, loss_sum: float, seconds: float) -> None:
+    def add(self, *, examples: float, loss_sum: float, seconds: float, lr: float) -> None:
+        self.lrs = {"lr_first": self.lrs.get("lr_first", lr), "lr_peak": max(self.lrs.get("lr_peak", lr), lr),
+                    "lr_last": lr}
         self.seen += examples
         self.train_s += seconds
         self._loss_sum += loss_sum
@@ -118,7 +122,7 @@ def nli_train_loop(config: dict) -> None:
     progress = _Progress(spec, schedule, enabled=strategy.is_main)
     shard = ray.train.get_dataset_shard("train")
     all_sum = strategy.all_reduce_sum
-    step, lrs = 0, []  # lrs: first, peak and latest learning rate, reported per epoch
+    step = 0
     for epoch in range(spec.epochs):
         epoch_start, epoch_loss, epoch_seen = time.perf_counter(), 0.0, 0.0
         t0 = time.perf_counter()
@@ -135,10 +139,9 @@ def nli_train_loop(config: dict) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             strategy.step()
-            lrs = [lrs[0] if lrs else lr, max(lrs[1], lr) if lrs else lr, lr]
             step += 1
             now = time.perf_counter()
-            progress.add(examples=n_step, loss_sum=loss_step, seconds=now - t0)
+            progress.add(examples=n_step, loss_sum=loss_step, seconds=now - t0, lr=lr)
             t0 = now
             epoch_loss, epoch_seen = epoch_loss + loss_step, epoch_seen + n_step
             if spec.log_every and step % spec.log_every == 0:
@@ -146,7 +149,7 @@ def nli_train_loop(config: dict) -> None:
         train_s = time.perf_counter() - epoch_start
         metrics = {"epoch": epoch, "train_loss": epoch_loss / max(epoch_seen, 1.0), "steps": step,
                    "train_examples_per_s": epoch_seen / max(train_s, 1e-9), "micro_batch_size": micro,
-                   "num_workers": strategy.world_size, **dict(zip(("lr_first", "lr_peak", "lr_last"), lrs))}
+                   "num_workers": strategy.world_size, **progress.lrs}
         metrics.update(_evaluate(engine, tokenizer, micro, spec.max_len, device, all_sum))
         if strategy.is_main:
             print(f"[idrm] teacher fine-tune epoch {epoch + 1}/{spec.epochs} done in {train_s:.1f} s "
