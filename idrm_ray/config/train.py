@@ -177,6 +177,7 @@ class DataConfig:
         "auto", "Row layout: generic prompt/chosen/rejected, hh transcripts, ultrafeedback, or auto-detect.")
     eval_fraction: float = param(0.05, "Fraction of train held out when `eval` is empty (0: no eval).")
     max_pairs: int | None = param(None, "Use at most this many training pairs (null: all).")
+    max_eval_pairs: int | None = param(None, "Evaluate on at most this many held-out pairs (null: all).")
     skip_bad_rows: bool = param(False, "Skip and count bad rows instead of failing on the first one.")
     seed: int = param(0, "Seed of the eval split and shuffling.")
     shuffle_buffer: int = param(
@@ -187,6 +188,8 @@ class DataConfig:
         require(self, bool(self.train.strip()), "train", "give a path, an HF dataset id or `bundled`")
         require(self, 0 <= self.eval_fraction < 1, "eval_fraction", "must be in [0, 1)")
         require(self, self.max_pairs is None or self.max_pairs >= 1, "max_pairs", "use null for all, or >= 1")
+        require(self, self.max_eval_pairs is None or self.max_eval_pairs >= 1, "max_eval_pairs",
+                "use null for all, or >= 1")
         require(self, self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0 (0: no shuffle)")
 
 

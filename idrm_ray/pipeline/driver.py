@@ -43,12 +43,13 @@ def load_data(cfg: TrainJobConfig, run_dir: Path):
     )
     if d.eval:
         eval_src = bundled_path("pref_eval") if d.eval == "bundled" else d.eval
-        evals, eval_report = load_preferences(eval_src, format=d.format, split=d.eval_split, skip_bad_rows=d.skip_bad_rows)
+        evals, eval_report = load_preferences(eval_src, format=d.format, split=d.eval_split,
+                                              skip_bad_rows=d.skip_bad_rows, max_rows=d.max_eval_pairs)
     elif d.train == "bundled":
-        evals, eval_report = load_preferences(bundled_path("pref_eval"))
+        evals, eval_report = load_preferences(bundled_path("pref_eval"), max_rows=d.max_eval_pairs)
     else:
         n_eval = int(len(train) * d.eval_fraction)
-        train, evals, eval_report = train[n_eval:], train[:n_eval], None
+        train, evals, eval_report = train[n_eval:], train[:n_eval][: d.max_eval_pairs], None
     if d.skip_bad_rows:
         report.write_skipped(run_dir)
         if eval_report is not None:
