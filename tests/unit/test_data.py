@@ -347,3 +347,19 @@ def test_tokenizer_corpus_is_the_bundled_text():
     corpus = generate.tokenizer_corpus()
     assert len(corpus) == 3 * 6300 + 2 * 3300
     assert any("café" in t for t in corpus) and any("\n\nAssistant:" in t for t in corpus)
+
+
+def test_max_eval_pairs_caps_every_eval_source(tmp_path):
+    """data.max_eval_pairs applies to the bundled eval set, an eval file and the split-off part."""
+    from idrm_ray.config import load_config
+    from idrm_ray.config.train import TrainJobConfig
+    from idrm_ray.data import bundled_path
+    from idrm_ray.pipeline.driver import load_data
+
+    lines = bundled_path("pref_train").read_text(encoding="utf-8").splitlines()[:40]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for extra in ([], [f"data.eval={pairs}"], [f"data.train={pairs}", "data.eval_fraction=0.5"]):
+        cfg = load_config(TrainJobConfig, None, ["data.max_eval_pairs=7", *extra], preset="tiny")
+        _, evals, _ = load_data(cfg, tmp_path)
+        assert len(evals) == 7, extra
