@@ -118,7 +118,8 @@ class _WorkerRun:
             self._note_nonfinite(metrics)  # no backward on any rank; the whole window is dropped
         else:
             strategy.backward(loss)
-        stepped = strategy.step(skip=self.window_bad)
+        bad_window = self.window_bad
+        stepped = strategy.step(skip=bad_window)
         progress.micro_in_epoch = micro + 1  # same on every rank (lock-step)
         progress.pairs_seen += int(global_pairs)
         # Fillers too (with 0 pairs): `flush` all-reduces every metric key, so every rank must
@@ -126,6 +127,9 @@ class _WorkerRun:
         self.acc.add(metrics, pairs=local_pairs, wait_s=item.wait_s, busy_s=time.perf_counter() - t0)
         if stepped is None:
             return False
+        # A window with a non-finite loss counts as skipped whatever the strategy did (DeepSpeed
+        # fp32 / bf16 ZeRO-3 step on its other micro-batches), so K in a row still stop the run.
+        stepped = stepped and not bad_window
         self._end_window(stepped)
         progress.step += 1
         self._after_step()
