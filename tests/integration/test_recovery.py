@@ -62,7 +62,8 @@ def _instrumented_loop(*, log: str, die_after: int | None = None, nan_after: tup
             poisoned = self.__dict__.setdefault("poisoned", set())  # steps after which one NaN was injected
             if not (always_nan or (self.progress.step in nan_after and self.progress.step not in poisoned)):
                 return original_micro(self, micro, item)
-            poisoned.add(self.progress.step)
+            at = self.progress.step  # the optimizer step after which this NaN comes
+            poisoned.add(at)
             before = [p.detach().clone() for p in self.model.parameters()]
             worker.preference_loss = nan_loss
             try:
@@ -71,7 +72,7 @@ def _instrumented_loop(*, log: str, die_after: int | None = None, nan_after: tup
                 worker.preference_loss = original_loss
             untouched = all(torch.equal(a, p) for a, p in zip(before, self.model.parameters()))
             with open(log, "a") as f:
-                f.write(json.dumps({"nan_at": self.progress.step, "stepped": stepped, "untouched": untouched}) + "\n")
+                f.write(json.dumps({"nan_at": at, "stepped": stepped, "untouched": untouched}) + "\n")
             return stepped
 
         worker._WorkerRun._after_step = after_step
@@ -159,4 +160,5 @@ def test_consecutive_nan_losses_stop_the_run_naming_step_and_component(ray_sessi
     # Dropped windows count as (skipped) steps, as DeepSpeed counts its overflow skips.
     assert "3 consecutive non-finite losses or gradients, at step 3" in message, message
     assert "l_bt" in message
-    assert len(_events(tmp_path / "nan.log")) == 2  # two skipped; the third raised before its log line
+    nans = [e for e in _events(tmp_path / "nan.log") if "nan_at" in e]
+    assert len(nans) == 2 and not any(e["stepped"] for e in nans)  # two skipped; the third raised before its line
