@@ -256,12 +256,7 @@ def _evaluate_one(opts: EvalOptions, model: LoadedModel, evals: EvalSet | Comple
     r_w, r_l = split_pairs(model.score(seqs))
     seconds = time.perf_counter() - t0
     results = {
-        "label": label,
-        "dataset": folder.name,
-        "source": evals.source,
-        "layout": evals.layout,
-        "model": model.settings(),
-        "data": {**evals.report.metrics(), **{f"data/{k}": v for k, v in truncated.items()}},
+        **_results_header(label, folder, evals, model, truncated),
         **accuracy_metrics(evals, r_w, r_l, n_boot=opts.n_boot, seed=opts.seed),
         "pairs_per_s": len(evals) / max(seconds, 1e-9),
         "options": _options_dict(opts),
@@ -281,6 +276,19 @@ def _evaluate_one(opts: EvalOptions, model: LoadedModel, evals: EvalSet | Comple
     return folder, results, {"evals": evals, "idx": idx, "seqs": diag_seqs, "r_w": r_w, "r_l": r_l}
 
 
+def _results_header(label: str, folder: Path, evals: EvalSet | CompletionSet, model: LoadedModel,
+                    truncated: dict) -> dict:
+    """What every data set's results.json starts with, pairwise or best-of-N."""
+    return {
+        "label": label,
+        "dataset": folder.name,
+        "source": evals.source,
+        "layout": evals.layout,
+        "model": model.settings(),
+        "data": {**evals.report.metrics(), **{f"data/{k}": v for k, v in truncated.items()}},
+    }
+
+
 def _evaluate_bestofn(opts: EvalOptions, model: LoadedModel, cset: CompletionSet, folder: Path, label: str):
     """A best-of-N set: all completions scored in one pass, official sections, scores.jsonl.
     The attention diagnostics are pairwise and are not run on these sets."""
@@ -291,12 +299,7 @@ def _evaluate_bestofn(opts: EvalOptions, model: LoadedModel, cset: CompletionSet
     scores = split_scores(model.score(seqs), cset)
     seconds = time.perf_counter() - t0
     results = {
-        "label": label,
-        "dataset": folder.name,
-        "source": cset.source,
-        "layout": cset.layout,
-        "model": model.settings(),
-        "data": {**cset.report.metrics(), **{f"data/{k}": v for k, v in truncated.items()}},
+        **_results_header(label, folder, cset, model, truncated),
         **bestofn_metrics(cset, scores, n_boot=opts.n_boot, seed=opts.seed),
         "completions_per_s": cset.n_completions / max(seconds, 1e-9),
         "options": _options_dict(opts),
