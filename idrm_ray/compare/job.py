@@ -11,6 +11,7 @@ or average) -> score every final checkpoint on the eval columns -> tables and pl
     <compare dir>/seed<s>/<method>/checkpoint      every final RM (OpenRLHF layout)
     <compare dir>/seed<s>/members/<bt|id>/member<i>
     <compare dir>/table.md, table.csv, results.csv, accuracy.png, compare.json
+    <compare dir>/significance.csv, per_seed.md   each method against BT per seed and eval set
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from idrm_ray.compare.table import bar_plot, summarise, write_tables
+from idrm_ray.compare.table import bar_plot, summarise, write_significance, write_tables
 from idrm_ray.compare.variants import Variant, needs_members
 from idrm_ray.config import dump_config
 from idrm_ray.config.loader import from_dict
@@ -113,13 +114,14 @@ def run_compare(cfg: TrainJobConfig, variants: list[Variant], seeds: list[int], 
     title = f"Accuracy by eval set ({len(seeds)} seeds, {len(train)} training pairs)"
     write_tables(out, results, summary, columns=names, title=title)
     bar_plot(out / "accuracy.png", summary, title=title)
+    per_seed = write_significance(out, results)
     report = {"compare_dir": str(out), "wall_time_s": time.perf_counter() - t_start, "seeds": seeds,
               "methods": [v.name for v in variants], "columns": names, "data": counts,
               "teachers": teachers, "concurrency": limit, "summary": summary,
               "runs": {f"{k[1]}/seed{k[2]}" if k[0] == "final" else f"{k[0]}-member{k[1]}/seed{k[2]}": r
                        for k, r in rows.items()}}
     (out / "compare.json").write_text(json.dumps(report, indent=2, default=str))
-    print((out / "table.md").read_text())
+    print((out / "table.md").read_text() + (f"\n{per_seed}" if per_seed else ""))
     print(f"[idrm] compare done in {report['wall_time_s']:.0f} s: {out}")
     return report
 
@@ -219,7 +221,8 @@ def score_finals(cfg, rows: dict, variants, seeds, columns) -> list[dict]:
         for (col, ex), lo, hi in zip(columns, bounds[:-1], bounds[1:]):
             score = getattr(ex, "score", None)  # best-of-N sections carry their official rule
             acc = score(g[lo:hi]) if score else float(np.mean(g[lo:hi] > 0))
-            results.append({"method": name, "seed": seed, "column": col, "accuracy": acc, "pairs": int(hi - lo)})
+            results.append({"method": name, "seed": seed, "column": col, "accuracy": acc, "pairs": int(hi - lo),
+                            **({} if score else {"gaps": g[lo:hi]})})  # pairs' r_w - r_l: significance.csv
         mine = {r["column"]: r["accuracy"] for r in results[-len(columns):]}  # this run's columns
         for board in _leaderboards(columns):  # unweighted mean of the set's sections, per run
             parts = [mine[c] for c, ex in columns if getattr(ex, "leaderboard", None) == board]

@@ -7,6 +7,9 @@ bar plot of the average.
     table.csv          wide form: method, seeds, <set> mean, <set> std, ..., avg, avg std, delta_vs_bt
     table.md           the same as a Markdown table
     accuracy.png       average accuracy per method (mean ± std over seeds), chance and BT marked
+    significance.csv   per seed and eval set, each method against BT on the same pairs: Wilcoxon
+                       signed-rank on sigma(r_w - r_l) and exact McNemar (`eval.significance`)
+    per_seed.md        accuracy per seed, method and eval set with those p-values
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from idrm_ray.eval.significance import compare_models
 
 AVG = "avg"
 
@@ -109,3 +114,52 @@ def bar_plot(path: Path, summary: list[dict], *, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+SIG_KEYS = ["method", "seed", "column", "pairs", "accuracy", "bt_accuracy", "wins", "losses", "wilcoxon_p",
+            "mcnemar_p"]
+
+
+def significance(results: list[dict], *, baseline: str = "bt") -> list[dict]:
+    """Each method against `baseline` per seed and column, from the per-pair reward gaps the
+    result rows carry (`gaps`; rows without them, e.g. leaderboard means, are skipped). `wins`
+    / `losses`: pairs the method gets right and the baseline wrong / the reverse."""
+    base = {(r["seed"], r["column"]): r for r in results if r["method"] == baseline and "gaps" in r}
+    rows = []
+    for r in results:
+        b = base.get((r["seed"], r["column"]))
+        if r["method"] == baseline or b is None or "gaps" not in r:
+            continue
+        zeros = np.zeros(len(r["gaps"]))
+        res = compare_models((np.asarray(r["gaps"]), zeros), (np.asarray(b["gaps"]), zeros), n_boot=200)
+        rows.append({"method": r["method"], "seed": r["seed"], "column": r["column"], "pairs": res["n_pairs"],
+                     "accuracy": r["accuracy"], "bt_accuracy": b["accuracy"], "wins": res["mcnemar"]["b"],
+                     "losses": res["mcnemar"]["c"], "wilcoxon_p": res["wilcoxon"]["p_value"],
+                     "mcnemar_p": res["mcnemar"]["p_exact"]})
+    return rows
+
+
+def per_seed_markdown(sig: list[dict]) -> str:
+    head = ["seed", "method", "eval set", "pairs", "method acc", "BT acc", "wins/losses", "Wilcoxon p", "McNemar p"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(sig, key=lambda r: (r["seed"], r["method"], r["column"])):
+        lines.append(f"| {r['seed']} | {r['method']} | {r['column']} | {r['pairs']} | {100 * r['accuracy']:.1f} | "
+                     f"{100 * r['bt_accuracy']:.1f} | {r['wins']}/{r['losses']} | {r['wilcoxon_p']:.3g} | "
+                     f"{r['mcnemar_p']:.3g} |")
+    lines += ["", "Per seed, each method against BT on the same pairs: wins = pairs it gets right and BT wrong; "
+              "Wilcoxon signed-rank on sigma(r_w - r_l), exact McNemar on the discordant pairs (two-sided)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_significance(out: Path, results: list[dict]) -> str:
+    """significance.csv and per_seed.md; returns the Markdown ("" when there is no BT row)."""
+    sig = significance(results)
+    if not sig:
+        return ""
+    with open(out / "significance.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SIG_KEYS)
+        writer.writeheader()
+        writer.writerows(sig)
+    text = per_seed_markdown(sig)
+    (out / "per_seed.md").write_text(text)
+    return text

@@ -56,3 +56,20 @@ def test_variants_parse_and_members_needed():
     assert needs_members(parse_variants("lf,id+warm"), am_from_ratings=True) == {"bt", "id"}
     with pytest.raises(ValueError, match="unknown method"):
         parse_variants("bt,dpo")
+
+
+def test_significance_per_seed_against_bt(tmp_path):
+    from idrm_ray.compare.table import significance, write_significance
+
+    bt = [-1.0] * 8 + [1.0] * 12  # 60% right
+    id_ = [1.0] * 20  # right everywhere: 8 wins, 0 losses
+    rows = [{"method": "bt", "seed": 0, "column": "ood", "accuracy": 0.6, "gaps": bt},
+            {"method": "id", "seed": 0, "column": "ood", "accuracy": 1.0, "gaps": id_},
+            {"method": "id", "seed": 0, "column": "board", "accuracy": 1.0}]  # no gaps: skipped
+    (sig,) = significance(rows)
+    assert (sig["wins"], sig["losses"], sig["pairs"]) == (8, 0, 20)
+    assert sig["mcnemar_p"] == pytest.approx(2 * 0.5 ** 8)  # exact binomial, two-sided
+    assert sig["wilcoxon_p"] < 0.01
+    text = write_significance(tmp_path, rows)
+    assert "| 0 | id | ood | 20 | 100.0 | 60.0 | 8/0 |" in text and (tmp_path / "significance.csv").exists()
+    assert write_significance(tmp_path, rows[1:]) == ""  # no BT: nothing to test against
