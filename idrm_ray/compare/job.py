@@ -33,6 +33,7 @@ from idrm_ray.pipeline import cluster
 from idrm_ray.pipeline.assets import prepare_student, prepare_teacher, tiny_teacher_dir
 from idrm_ray.pipeline.driver import load_data, train_one
 from idrm_ray.pipeline.methods import member_overrides, merge_values, run_method, run_tasks, score_gaps
+from idrm_ray.pipeline.outputs import tiny_student_note
 
 DEFAULT_SHUFFLE = 256  # seeds differ in data order (and any new head's init)
 # `idrm-ray compare` with no config: the embedded default (preset tiny) cut so that the nine
@@ -122,6 +123,8 @@ def run_compare(cfg: TrainJobConfig, variants: list[Variant], seeds: list[int], 
                        for k, r in rows.items()}}
     (out / "compare.json").write_text(json.dumps(report, indent=2, default=str))
     print((out / "table.md").read_text() + (f"\n{per_seed}" if per_seed else ""))
+    if tiny_student_note(cfg.student.name_or_path):  # the embedded default cannot show ID's effect
+        print(tiny_student_note(cfg.student.name_or_path))
     print(f"[idrm] compare done in {report['wall_time_s']:.0f} s: {out}")
     return report
 

@@ -114,4 +114,29 @@ def _f(value, digits: int) -> str:
 def write_summary(run_dir: Path, summary: dict) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(format_table(summary["runs"]))
+    print_tiny_student_note(run_dir, summary["runs"])
     print(f"[idrm] wall time {summary['wall_time_s']:.1f} s; summary: {run_dir / 'summary.json'}")
+
+
+STUDY_COMMAND = "idrm-ray compare --preset study_real --methods bt,id --seeds 0,1,2"
+
+
+def tiny_student_note(student: str | None) -> str:
+    """One line under a BT/ID table whose student is the built-in tiny random-init model: it
+    cannot show ID's effect, and the command that can. "" for any other student."""
+    if student != "tiny":
+        return ""
+    return ("[idrm] note: the tiny random-init student cannot learn the facts ID steers its attention toward, so "
+            "BT and ID differ here by noise only; ID's effect on a real pretrained student (SmolLM2-135M, OOD "
+            f"stress sets, ~45 min on 2 CPU cores): {STUDY_COMMAND}")
+
+
+def print_tiny_student_note(run_dir: Path, runs: list[dict]) -> None:
+    """The note under a table of two or more methods, student read from the run's config.yaml
+    (JSON, written by the driver)."""
+    try:
+        student = json.loads((run_dir / "config.yaml").read_text())["student"]["name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if len(runs) > 1 and tiny_student_note(student):
+        print(tiny_student_note(student))
