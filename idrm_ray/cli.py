@@ -23,6 +23,7 @@ import sys
 from idrm_ray.config import ConfigError, describe, load_config
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.eval.commands import EVAL_COMMANDS, add_eval_commands, run_eval_command
+from idrm_ray.ppo.commands import PPO_COMMANDS, add_ppo_commands, run_ppo_command
 from idrm_ray.serve.commands import SERVE_COMMANDS, add_serve_commands, run_serve_command
 
 EXIT_BAD_INPUT = 2
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--compare-dir", default=None, help="output folder (default run.output_dir/run.name)")
     add_eval_commands(sub)
     add_serve_commands(sub)
+    add_ppo_commands(sub)
     return parser
 
 
@@ -86,9 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     if args.command in EVAL_COMMANDS:
+        if getattr(args, "use_ray", False):  # eval scores on a started Ray; it never starts one itself
+            from idrm_ray.pipeline.cluster import init_ray
+
+            init_ray(args.ray_address)
         return run_eval_command(args)
     if args.command in SERVE_COMMANDS:
         return run_serve_command(args)
+    if args.command in PPO_COMMANDS:
+        return run_ppo_command(args)
     if args.help_config:
         print(describe(TrainJobConfig))
         return 0

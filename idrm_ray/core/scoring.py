@@ -1,4 +1,6 @@
-"""Batched reward scoring of eval pairs with a trained RM (CPU or GPU, in-process).
+"""The reward scorer: batched rewards of token-id sequences with a trained RM (CPU or GPU,
+in-process), used by eval, the reward server (`serve/scoring.py` adds its text front end)
+and the ensemble procedures.
 
 Sequences are built exactly as training builds them (`idrm_ray.core.units.encode_pairs`:
 `[BOS] prefix + prompt + separator + response + suffix [EOS]`, prompt cut from the left and
@@ -11,7 +13,7 @@ model that cannot tell the two apart scores chance, not 0 (RewardBench counts ti
 with real-valued rewards ties only happen when the inputs are identical, as in the
 progressive-masking diagnostic when everything but the reward token is masked).
 
-`RewardScorer` is a plain class (torch + transformers); `ray_scoring.py` runs the same
+`RewardScorer` is a plain class (torch + transformers); `eval/ray_scoring.py` runs the same
 class as a Ray Data actor for large sets.
 """
 
@@ -22,26 +24,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from idrm_ray.core.devices import resolve_device, resolve_dtype
 from idrm_ray.core.reward_model import compute_rewards, load_reward_model
 from idrm_ray.core.types import PreferenceExample
+from idrm_ray.core.units import encode_pairs
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ENCODE_CHUNK = 256  # pairs per tokenizer call
-
-
-def resolve_device(device: str | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """ "auto": bf16 on CUDA, fp32 on CPU (CPU bf16 matmuls are slow and lossy)."""
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
 
 
 def encode_sequences(
@@ -57,8 +45,6 @@ def encode_with_stats(
     """`encode_sequences` plus how many pairs and tokens `max_len` cut (nothing is dropped
     silently, DESIGN.md §5). The student tokenizer stands in for the teacher's (BT-only
     training runs do the same); only the student ids are kept."""
-    from idrm_ray.core.units import encode_pairs
-
     seqs: list[np.ndarray] = []
     truncated = {"pairs_truncated": 0, "tokens_truncated": 0}
     for start in range(0, len(examples), ENCODE_CHUNK):
@@ -101,6 +87,7 @@ class RewardScorer:
         batch_size: int = 16,
         attn_implementation: str = "sdpa",
         model=None,
+        pad_id: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         if model is None:
@@ -108,7 +95,9 @@ class RewardScorer:
                 checkpoint, dtype=resolve_dtype(dtype, self.device), attn_implementation=attn_implementation
             )
         self.model = model.to(self.device).eval()
-        self.pad_id = int(self.model.config.pad_token_id if self.model.config.pad_token_id is not None else 0)
+        if pad_id is None:  # the model's own, else 0 (right padding: the reward reads the last real token)
+            pad_id = self.model.config.pad_token_id if self.model.config.pad_token_id is not None else 0
+        self.pad_id = int(pad_id)
         self.batch_size = int(batch_size)
 
     def score(self, seqs: Sequence[np.ndarray], *, masks: Sequence[np.ndarray] | None = None) -> np.ndarray:

@@ -93,7 +93,7 @@ def encode_completions(
 ) -> tuple[list[np.ndarray], dict[str, int]]:
     """One id array per completion, prompts in order, each prompt's completions in order
     (`CompletionSet.n_completions` arrays); plus what `max_len` cut (counted per pair layout)."""
-    from idrm_ray.eval.scoring import encode_with_stats
+    from idrm_ray.core.scoring import encode_with_stats
 
     seqs, cut = encode_with_stats(as_pairs(cset.items), tokenizer, max_len=max_len, template=template)
     return [seqs[i] for i in keep_index(cset.items)], cut

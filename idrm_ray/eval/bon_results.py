@@ -28,7 +28,7 @@ import numpy as np
 from idrm_ray.eval import rewardbench2, rmbench
 from idrm_ray.eval.bestofn import CompletionSet, beats_all, correct_margin, first_is_max
 from idrm_ray.eval.rmb import GOALS
-from idrm_ray.eval.scoring import group_accuracy
+from idrm_ray.core.scoring import group_accuracy
 from idrm_ray.eval.significance import bootstrap_ci, leaderboard_bootstrap
 
 LEADERBOARD = {"rewardbench2": "RewardBench 2 score", "rmbench": "RM-Bench score"}

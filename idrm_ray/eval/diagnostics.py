@@ -34,7 +34,7 @@ import torch
 
 from idrm_ray.core.capture import decoder_layers
 from idrm_ray.core.reward_model import compute_rewards, last_token_index
-from idrm_ray.eval.scoring import RewardScorer, pad_batch, pair_outcomes
+from idrm_ray.core.scoring import RewardScorer, pad_batch, pair_outcomes
 
 NUM_STAGES = 10
 

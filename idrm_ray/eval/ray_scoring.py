@@ -2,8 +2,9 @@
 pool (one model per actor; GPUs by `num_gpus`, else CPU). The only module of the eval
 package that imports Ray.
 
-On one machine Ray starts in process with the fractional-CPU rule of the training pipeline
-(STACK_NOTES.md: an actor asking for a whole CPU on 2 cores can wait forever).
+Ray is started by the caller (`idrm-ray eval --ray` starts it in `cli.py`, with the
+fractional-CPU rule of the training pipeline, STACK_NOTES.md); eval itself never starts or
+joins a cluster.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from idrm_ray.eval.scoring import RewardScorer
+from idrm_ray.core.scoring import RewardScorer
 
 
 def score_with_ray(
@@ -24,14 +25,14 @@ def score_with_ray(
     num_gpus: float = 0.0,
     num_cpus: float = 0.5,
     dtype: str = "auto",
-    address: str = "",
 ) -> np.ndarray:
-    """(len(seqs),) rewards in input order, computed by `concurrency` scoring actors."""
+    """(len(seqs),) rewards in input order, computed by `concurrency` scoring actors of the
+    Ray this process has started or joined."""
     import ray
 
-    from idrm_ray.pipeline.cluster import init_ray
-
-    init_ray(address)
+    if not ray.is_initialized():
+        raise RuntimeError("Ray scoring needs a started Ray: `idrm-ray eval --ray` starts one (or joins "
+                           "--ray-address); from Python, call ray.init() first")
     rows = [{"row": i, "ids": np.asarray(s, dtype=np.int64)} for i, s in enumerate(seqs)]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // max(batch_size, 1), 64)))
     ds = ds.map_batches(

@@ -16,7 +16,7 @@ import numpy as np
 from idrm_ray.eval import rewardbench
 from idrm_ray.eval.layouts import EvalSet
 from idrm_ray.eval.rmb import GOALS
-from idrm_ray.eval.scoring import group_accuracy, pair_outcomes
+from idrm_ray.core.scoring import group_accuracy, pair_outcomes
 from idrm_ray.eval.significance import bootstrap_ci
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from idrm_ray.eval.bestofn import CompletionSet, encode_completions, split_scores
 from idrm_ray.eval.layouts import EvalSet, load_eval_set
 from idrm_ray.eval.results import accuracy_metrics, headline, read_scores, write_scores
-from idrm_ray.eval.scoring import RewardScorer, encode_with_stats, pair_outcomes, split_pairs
+from idrm_ray.core.scoring import RewardScorer, encode_with_stats, pair_outcomes, split_pairs
 from idrm_ray.eval.significance import compare_models
 
 DEFAULT_MAX_LEN = 1024
@@ -54,8 +54,7 @@ class EvalOptions:
     batch_size: int = 16
     device: str = "auto"
     dtype: str = "auto"
-    use_ray: bool = False
-    ray_address: str = ""
+    use_ray: bool = False  # score with a Ray Data actor pool of the Ray the caller started
     ray_concurrency: int = 1
     ray_gpus: float = 0.0
     baseline: str | None = None  # a checkpoint, or an eval folder holding scores.jsonl
@@ -160,7 +159,6 @@ class LoadedModel:
             concurrency=o.ray_concurrency,
             num_gpus=o.ray_gpus,
             dtype=o.dtype,
-            address=o.ray_address,
         )
 
     def settings(self) -> dict:
@@ -387,7 +385,7 @@ def _attention_diagnostics(opts: EvalOptions, model: LoadedModel, done: list) ->
     """Stage analysis and token view from one eager copy of the checkpoint (all data sets)."""
     from idrm_ray.core.reward_model import load_reward_model
     from idrm_ray.eval.diagnostics import reward_token_attention, stage_analysis, token_view
-    from idrm_ray.eval.scoring import resolve_device, resolve_dtype
+    from idrm_ray.core.devices import resolve_device, resolve_dtype
 
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)

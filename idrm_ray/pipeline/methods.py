@@ -26,7 +26,7 @@ import torch
 
 from idrm_ray.core.baselines import am_margins, flip_mask, preference_strength
 from idrm_ray.core.types import PreferenceExample
-from idrm_ray.eval.scoring import pair_outcomes
+from idrm_ray.core.scoring import pair_outcomes
 from idrm_ray.pipeline import cluster
 from idrm_ray.pipeline.driver import train_one
 
@@ -247,7 +247,7 @@ def evaluate_checkpoint(cfg, checkpoint: str, examples: list[PreferenceExample])
 
 def score_pairs(checkpoint: str, examples, options: dict) -> tuple[np.ndarray, np.ndarray]:
     from idrm_ray.core.reward_model import cached_tokenizer
-    from idrm_ray.eval.scoring import RewardScorer, encode_sequences, split_pairs
+    from idrm_ray.core.scoring import RewardScorer, encode_sequences, split_pairs
 
     scorer = RewardScorer(checkpoint, batch_size=options["batch_size"])
     seqs = encode_sequences(examples, cached_tokenizer(checkpoint), max_len=options["max_len"],

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from idrm_ray.core.devices import torch_dtype
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.pipeline.records import encoding_to_row
 
@@ -69,7 +70,7 @@ class TeacherStage:
         from idrm_ray.core.teacher import TeacherAttention
 
         # The plan's teacher dtype (teacher.dtype: fp16 on teacher GPUs, fp32 on CPU); "auto": the device's.
-        weights = None if dtype == "auto" else {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        weights = None if dtype == "auto" else torch_dtype(dtype)
         self.teacher = TeacherAttention(
             teacher_path, top_n=top_n, device=device, renormalize=renormalize, head_renorm=head_renorm,
             map_format=map_format, dtype=weights,

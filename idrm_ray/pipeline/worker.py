@@ -16,7 +16,7 @@ import torch
 
 from idrm_ray.core.baselines import IBRewardHead, fold_ib_state
 from idrm_ray.core.objective import RewardForward, preference_loss
-from idrm_ray.eval.scoring import pair_outcomes
+from idrm_ray.core.scoring import pair_outcomes
 from idrm_ray.core.reward_model import (
     VALUE_HEAD_PREFIX,
     cached_tokenizer,
@@ -224,7 +224,7 @@ class _WorkerRun:
             for item in synced_batches(batches, strategy.all_reduce_sum, filler=stack_rows(self.eval_rows[:1])):
                 batch = to_student_batch(item.batch, pad_id=self.spec.pad_id, device=self.device)
                 r_w, r_l = self.forward(batch.input_ids, batch.attention_mask).float().split(batch.num_pairs)
-                if item.real:  # a tie counts 0.5, as `idrm-ray eval` counts it (eval.scoring.pair_outcomes)
+                if item.real:  # a tie counts 0.5, as `idrm-ray eval` counts it (core.scoring.pair_outcomes)
                     wins = float(pair_outcomes(r_w.double().cpu().numpy(), r_l.double().cpu().numpy()).sum())
                     sums += torch.tensor([wins, -torch.nn.functional.logsigmoid(r_w - r_l).sum().item(), batch.num_pairs])
         self.engine.train()

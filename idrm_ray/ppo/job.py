@@ -18,10 +18,11 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from idrm_ray.ppo.checks import CheckError, check_render, check_reward_checkpoint, check_tokenizers_match, is_local
+from idrm_ray.ppo.checks import check_render, check_tokenizers_match
 from idrm_ray.ppo.command import PPOLaunch, build_ppo_launch
 from idrm_ray.ppo.config import PPOJobConfig
 from idrm_ray.ppo.openrlhf_cli import FlagError, OpenRLHFMissing, check_ppo_flags
+from idrm_ray.serve.checkpoint_check import CheckError, check_reward_checkpoint, is_local
 
 __all__ = ["CheckError", "FlagError", "OpenRLHFMissing", "preflight", "run_ppo", "submit_launch"]
 

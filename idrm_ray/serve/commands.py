@@ -1,10 +1,9 @@
-"""The `serve` and `ppo` subcommands of `idrm-ray` (wired in `idrm_ray/cli.py`).
+"""The `serve` subcommand of `idrm-ray` (wired in `idrm_ray/cli.py`; `ppo` is `ppo/commands.py`).
 
     idrm-ray serve --checkpoint DIR [--host H] [--port P] [--token-env VAR] [key=value ...]
     idrm-ray serve --checkpoint DIR --smoke               # start, answer, short load test, stop
     idrm-ray serve --checkpoint DIR --soak 10 [--out DIR] # 10-minute soak on loopback (serve/soak.py)
     idrm-ray serve --checkpoint DIR --score-references refs.jsonl --out refs.scored.jsonl
-    idrm-ray ppo --config ppo.yaml [key=value ...] [--dry-run]
 
 Bad input ends with one line and exit status 2, as for the other subcommands.
 """
@@ -17,7 +16,7 @@ from idrm_ray.config import ConfigError, describe, load_config
 
 __all__ = ["SERVE_COMMANDS", "add_serve_commands", "run_serve_command"]
 
-SERVE_COMMANDS = ("serve", "ppo")
+SERVE_COMMANDS = ("serve",)
 EXIT_BAD_INPUT = 2
 
 
@@ -35,9 +34,6 @@ def add_serve_commands(sub) -> None:
     p.add_argument("--score-references", metavar="IN", help="PAR: write ref_rewards for a references JSONL")
     p.add_argument("--out", help="output JSONL of --score-references; report folder of --soak")
     _common(p)
-    q = sub.add_parser("ppo", help="check, print or submit OpenRLHF PPO (train_ppo_ray) against our reward model")
-    q.add_argument("--dry-run", action="store_true", help="run the checks and print the command; submit nothing")
-    _common(q)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -79,27 +75,14 @@ def _serve(args: argparse.Namespace) -> int:
     return runner.serve(cfg, smoke_test=args.smoke)
 
 
-def _ppo(args: argparse.Namespace) -> int:
-    from idrm_ray.ppo.config import PPOJobConfig
-
-    if args.help_config:
-        print(describe(PPOJobConfig))
-        return 0
-    cfg = load_config(PPOJobConfig, args.config, list(args.overrides))
-    from idrm_ray.ppo.job import run_ppo
-
-    return run_ppo(cfg, dry_run=args.dry_run)
-
-
 def run_serve_command(args: argparse.Namespace) -> int:
-    from idrm_ray.ppo.checks import CheckError
-    from idrm_ray.ppo.openrlhf_cli import FlagError, OpenRLHFMissing
+    from idrm_ray.serve.checkpoint_check import CheckError
 
     try:
-        return _serve(args) if args.command == "serve" else _ppo(args)
+        return _serve(args)
     except ConfigError as exc:
         print(f"idrm-ray: config error: {exc}", file=sys.stderr)
-    except (CheckError, FlagError, OpenRLHFMissing) as exc:
+    except CheckError as exc:
         print(f"idrm-ray: {args.command} check failed: {exc}", file=sys.stderr)
     except (TimeoutError, RuntimeError) as exc:
         print(f"idrm-ray: {args.command} failed: {exc}", file=sys.stderr)

@@ -50,7 +50,7 @@ def resolve_token(token_env: str) -> str | None:
 
 
 def check_serve_config(cfg: ServeJobConfig) -> None:
-    from idrm_ray.ppo.checks import check_reward_checkpoint
+    from idrm_ray.serve.checkpoint_check import check_reward_checkpoint
 
     if not cfg.model.checkpoint:
         raise ConfigError("no checkpoint to serve: pass --checkpoint DIR (or model.checkpoint=DIR)")
@@ -236,7 +236,7 @@ def score_references_cli(
 ) -> int:
     """`idrm-ray serve --score-references IN --out OUT`: PAR reference rewards with the
     same scorer settings as the server, no server needed."""
-    from idrm_ray.ppo.checks import CheckError
+    from idrm_ray.serve.checkpoint_check import CheckError
     from idrm_ray.serve.par import score_references
     from idrm_ray.serve.par_reward import read_references
 

@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from idrm_ray.core.reward_model import compute_rewards, load_reward_model, normalize, read_metadata, reward_stats
+from idrm_ray.core.devices import resolve_device, resolve_dtype
+from idrm_ray.core.reward_model import load_reward_model, normalize, read_metadata, reward_stats
+from idrm_ray.core.scoring import RewardScorer as IdsScorer
 from idrm_ray.core.truncation import content_budget, window_keep
 
-__all__ = ["QueryNotAsTrained", "QueryTooLong", "RewardScorer", "Scores", "all_finite", "release_freed_memory", "resolve_device_dtype"]
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
+__all__ = ["QueryNotAsTrained", "QueryTooLong", "RewardScorer", "Scores", "all_finite", "release_freed_memory"]
 
 class QueryTooLong(ValueError):
     """A query whose special tokens alone exceed `max_len` (nothing sensible to keep)."""
@@ -52,14 +51,6 @@ class Scores:
             out.append(Scores(self.rewards[start : start + n], self.raw[start : start + n]))
             start += n
         return out
-
-
-def resolve_device_dtype(dtype: str, *, use_gpu: bool) -> tuple[torch.device, torch.dtype]:
-    """auto: bf16 on GPU, fp32 on CPU (bf16 matmuls on CPU are slow and lossy)."""
-    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-    if dtype == "auto":
-        return device, torch.bfloat16 if device.type == "cuda" else torch.float32
-    return device, _DTYPES[dtype]
 
 
 class RewardScorer:
@@ -93,6 +84,7 @@ class RewardScorer:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
         self.device = next(model.parameters()).device
+        self.ids_scorer = IdsScorer(model=model, device=str(self.device), batch_size=self.batch_size, pad_id=self.pad_id)
         self._lock = threading.Lock()
 
     @classmethod
@@ -107,7 +99,8 @@ class RewardScorer:
     ) -> "RewardScorer":
         from transformers import AutoTokenizer
 
-        device, torch_dtype = resolve_device_dtype(dtype, use_gpu=use_gpu)
+        device = resolve_device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        torch_dtype = resolve_dtype(dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = load_reward_model(
             path, dtype=torch_dtype, attn_implementation=attn_implementation, tokenizer=tokenizer, init_value_head=False
@@ -174,15 +167,6 @@ class RewardScorer:
 
     # -- scoring ----------------------------------------------------------------------------
 
-    def _forward(self, rows: list[list[int]]) -> list[float]:
-        n = max(len(r) for r in rows)
-        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), n), dtype=torch.long)
-        for i, r in enumerate(rows):  # right padding; compute_rewards reads the last real token
-            ids[i, : len(r)] = torch.as_tensor(r)
-            mask[i, : len(r)] = 1
-        return compute_rewards(self.model, ids.to(self.device), mask.to(self.device)).tolist()
-
     def score(self, queries: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
         return self.score_rows(self.encode(queries, prompts) if queries else [])
 
@@ -190,13 +174,8 @@ class RewardScorer:
         """Rewards of encoded rows (`encode`), in order; sorted by length inside."""
         if not rows:
             return Scores([], [])
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        raw = [0.0] * len(rows)
-        with self._lock, torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                for i, r in zip(chunk, self._forward([rows[i] for i in chunk])):
-                    raw[i] = r
+        with self._lock:  # the shared scorer: sorted by length, right-padded batches
+            raw = self.ids_scorer.score(rows).tolist()
         release_freed_memory()
         rewards = raw
         if self.normalize_rewards:

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from idrm_ray.core.devices import DTYPES, auto_precision
+
 PRECISIONS = ("bf16", "fp16", "fp32")
 _CLIENT_KEY = "idrm_client_state"  # our extra state inside a DeepSpeed checkpoint
 _TAG = "state"  # one fixed tag: a state directory holds exactly one training state
@@ -48,12 +50,12 @@ def pick_device(rank_on_node: int | None = None) -> torch.device:
 
 def default_precision(device: torch.device | str) -> str:
     """bf16 on GPU, fp32 on CPU (bf16 on CPU is slow and lossy for the tiny test models)."""
-    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return auto_precision(device)
 
 
 def torch_dtype(precision: str) -> torch.dtype:
     _check_precision(precision)
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    return DTYPES[precision]
 
 
 def _check_precision(precision: str) -> None:

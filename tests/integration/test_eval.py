@@ -198,7 +198,7 @@ def test_ray_scoring_matches_in_process(world, ray_session, guard):
 
     from idrm_ray.eval.layouts import load_eval_set
     from idrm_ray.eval.ray_scoring import score_with_ray
-    from idrm_ray.eval.scoring import RewardScorer, encode_sequences
+    from idrm_ray.core.scoring import RewardScorer, encode_sequences
 
     seqs = encode_sequences(
         load_eval_set(world["rb"]).examples, AutoTokenizer.from_pretrained(world["good"]), max_len=64

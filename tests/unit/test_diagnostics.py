@@ -23,7 +23,7 @@ from idrm_ray.eval.diagnostics import (
     token_view,
 )
 from idrm_ray.eval.fixtures import marker_reward_model
-from idrm_ray.eval.scoring import RewardScorer, encode_sequences, pad_batch, pair_outcomes
+from idrm_ray.core.scoring import RewardScorer, encode_sequences, pad_batch, pair_outcomes
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

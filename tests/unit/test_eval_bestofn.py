@@ -17,7 +17,7 @@ from idrm_ray.eval import rewardbench2, rmbench
 from idrm_ray.eval.bestofn import CompletionSet, as_pairs, encode_completions, first_is_max, split_scores
 from idrm_ray.eval.bon_results import bestofn_metrics, leaderboard_sections, significance_inputs
 from idrm_ray.eval.layouts import load_eval_set
-from idrm_ray.eval.scoring import encode_sequences, pair_outcomes
+from idrm_ray.core.scoring import encode_sequences, pair_outcomes
 from idrm_ray.eval.significance import compare_prompt_outcomes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -313,7 +313,7 @@ def test_paired_tests_on_best_of_n(tmp_path):
 @pytest.fixture(scope="module")
 def marker_models(student_tokenizer):
     from idrm_ray.eval.fixtures import marker_reward_model
-    from idrm_ray.eval.scoring import RewardScorer
+    from idrm_ray.core.scoring import RewardScorer
 
     make = lambda sign: RewardScorer(  # noqa: E731
         model=marker_reward_model(student_tokenizer, plus=[" robot"], minus=[" doctor"], sign=sign),

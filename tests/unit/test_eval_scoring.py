@@ -14,7 +14,7 @@ from idrm_ray.core.types import PreferenceExample
 from idrm_ray.eval.fixtures import marker_reward_model
 from idrm_ray.eval.layouts import load_eval_set
 from idrm_ray.eval.results import accuracy_metrics, headline
-from idrm_ray.eval.scoring import (
+from idrm_ray.core.scoring import (
     RewardScorer,
     encode_sequences,
     encode_with_stats,

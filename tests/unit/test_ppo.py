@@ -20,11 +20,12 @@ from idrm_ray.config import ConfigError, load_config
 from idrm_ray.core import tiny
 from idrm_ray.core.reward_model import save_reward_model
 from idrm_ray.ppo import openrlhf_cli
-from idrm_ray.ppo.checks import CheckError, check_reward_checkpoint, check_tokenizers_match
+from idrm_ray.ppo.checks import check_tokenizers_match
 from idrm_ray.ppo.command import REFERENCES_NAME, REWARD_FUNC_NAME, SECRET, build_ppo_launch
 from idrm_ray.ppo.config import PPOJobConfig
 from idrm_ray.ppo.job import preflight, run_ppo, submit_launch
 from idrm_ray.serve import par_reward
+from idrm_ray.serve.checkpoint_check import CheckError, check_reward_checkpoint
 
 HAS_OPENRLHF = importlib.util.find_spec("openrlhf") is not None
 needs_openrlhf = pytest.mark.skipif(
