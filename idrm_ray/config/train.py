@@ -46,6 +46,28 @@ class TemplateConfig:
 
 
 @dataclass(frozen=True)
+class StudentLoraConfig:
+    """LoRA adapters on the student (`peft`); the value head still trains in full. The saved
+    checkpoint is merged (an ordinary reward model), with the adapter alone beside it in
+    `adapter/`. With student.train_top_blocks = K > 0, adapters go into the top K blocks only."""
+
+    r: int = param(0, "Adapter rank (0: no LoRA, the blocks train as student.train_top_blocks says).")
+    alpha: float = param(16.0, "LoRA alpha; the update is scaled by alpha / r (OpenRLHF's default 16).")
+    dropout: float = param(0.0, "Dropout on the adapters' input.")
+    target_modules: tuple[str, ...] = param(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        "Linear layers (by name) in each block that get adapters. ID needs q_proj and k_proj among them to "
+        "steer the distilled maps through the adapters.")
+
+    def __post_init__(self):
+        require(self, self.r >= 0, "r", "must be >= 0 (0 turns LoRA off)")
+        require(self, self.alpha > 0, "alpha", "must be > 0")
+        require(self, 0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        require(self, not self.r or len(self.target_modules) > 0, "target_modules",
+                "name at least one Linear layer, e.g. [q_proj, k_proj, v_proj, o_proj]")
+
+
+@dataclass(frozen=True)
 class StudentConfig:
     """The reward model being trained (decoder-only, value head on the last token, Eq. 1)."""
 
@@ -61,9 +83,18 @@ class StudentConfig:
                "tokenizer's own chat template (as OpenRLHF's reward dataset with --apply_chat_template). Saved in "
                "the checkpoint; eval, the reward server and the PPO builder follow it. Instruct models want it.")
     template: TemplateConfig = section(TemplateConfig)
+    train_top_blocks: int = param(
+        0, "0: every parameter trains; K: only the top K decoder blocks, the final norm and the value head "
+           "(embeddings and lower blocks frozen, no gradients or optimizer state). ID's top_n blocks must be "
+           "among them. With LoRA: adapters in the top K blocks only.")
+    lora: StudentLoraConfig = section(StudentLoraConfig)
 
     def __post_init__(self):
         require(self, bool(self.name_or_path.strip()), "name_or_path", "give a hub id, a local directory or `tiny`")
+        require(self, self.train_top_blocks >= 0, "train_top_blocks", "must be >= 0 (0 trains all blocks)")
+        require(self, self.name_or_path != "tiny" or self.train_top_blocks <= self.tiny.num_layers,
+                "train_top_blocks", f"exceeds the tiny student's {self.tiny.num_layers} blocks: lower it "
+                                    "or raise student.tiny.num_layers")
         require(self, self.max_len >= MIN_LEN, "max_len", f"must be >= {MIN_LEN} tokens (METHOD.md §7 uses 1024)")
         t = self.template
         require(self, not (self.chat_template and (t.prefix or t.separator or t.suffix)), "chat_template",
@@ -421,6 +452,8 @@ class RunConfig:
     max_failures: int = param(0, "Worker-group restarts from the latest checkpoint (-1: unlimited).")
     max_nonfinite_steps: int = param(10, "Skip non-finite steps (counted), abort after this many.")
     log_every: int = param(10, "Report metrics every this many steps.")
+    local: bool = param(False, "Train in this process: one worker, no Ray Train, the stages called in-process "
+                               "(debugging, tests; `idrm-ray train --local`).")
 
     def __post_init__(self):
         require(self, bool(self.output_dir.strip()), "output_dir", "give a folder, e.g. runs/")
@@ -485,6 +518,10 @@ class TrainJobConfig:
 
     def _check_top_n(self) -> None:
         n, s, t = self.method.id.top_n, self.student.tiny.num_layers, self.teacher.tiny.num_layers
+        k = self.student.train_top_blocks
+        require(self, not k or n <= k, "method.id.top_n",
+                f"N={n} distills blocks that student.train_top_blocks={k} freezes: set student.train_top_blocks "
+                f">= {n} (or 0 to train all blocks)")
         if self.student.name_or_path == "tiny":
             require(self, n <= s, "method.id.top_n",
                     f"N exceeds the tiny student's {s} blocks: lower it or raise student.tiny.num_layers")

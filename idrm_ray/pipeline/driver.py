@@ -23,7 +23,7 @@ from idrm_ray.pipeline import cluster, map_cache, outputs, preflight
 from idrm_ray.pipeline.assets import prepare_student, prepare_teacher, validate_teacher_data
 from idrm_ray.pipeline.checkpointing import model_dir as ckpt_model_dir
 from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset, teacher_stream
-from idrm_ray.pipeline.spec import WorkerSpec
+from idrm_ray.pipeline.spec import WorkerSpec, peft_settings
 from idrm_ray.pipeline.stages import EncodeStage
 
 
@@ -79,6 +79,7 @@ def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad
         offload_params=cfg.deepspeed.offload_params,
         gradient_checkpointing=cfg.student.gradient_checkpointing,
         student_dtype=plan.student_dtype, attn_implementation=cfg.student.attn_implementation,
+        peft=peft_settings(cfg.student),
         eval_every=plan.eval_every, checkpoint_every=plan.checkpoint_every, log_every=cfg.run.log_every,
         max_nonfinite_steps=cfg.run.max_nonfinite_steps,
         run_name=run_dir.name, wandb_project=cfg.logging.wandb_project, wandb_mode=cfg.logging.wandb_mode,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from idrm_ray.config.base import ConfigValueError
 from idrm_ray.config.train import TrainJobConfig
+from idrm_ray.core.capture import decoder_layers
 
 # Absolute position tables with a padding offset: usable positions = table size - 2.
 _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer")
@@ -143,6 +144,32 @@ def _check_student(cfg: TrainJobConfig, config) -> None:
     if distills(cfg) and depth is not None and cfg.method.id.top_n > depth:
         raise ConfigValueError("method.id.top_n", cfg.method.id.top_n,
                                f"N exceeds the student's {depth} blocks ({name}): set method.id.top_n <= {depth}")
+    k = cfg.student.train_top_blocks
+    if depth is not None and k > depth:
+        raise ConfigValueError("student.train_top_blocks", k,
+                               f"exceeds the student's {depth} blocks ({name}): set it <= {depth} (0 trains all)")
+    if cfg.student.lora.r:
+        _check_lora_targets(cfg, config)
+
+
+def _check_lora_targets(cfg: TrainJobConfig, config) -> None:
+    """Every student.lora.target_modules name must be a Linear in the student's blocks (peft
+    would fail inside the workers); the model is built on the meta device, so this is free."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config)
+    except (ValueError, KeyError, ImportError):
+        return  # an architecture transformers cannot build here: the worker's own load reports it
+    linear = {n.rpartition(".")[2] for block in decoder_layers(model) for n, m in block.named_modules()
+              if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in cfg.student.lora.target_modules if t not in linear]
+    if missing:
+        raise ConfigValueError("student.lora.target_modules", list(cfg.student.lora.target_modules),
+                               f"{', '.join(missing)} not among the student's block Linears "
+                               f"({', '.join(sorted(linear))}) ({cfg.student.name_or_path})")
 
 
 def _check_teacher(cfg: TrainJobConfig, config, name: str, key: str) -> None:

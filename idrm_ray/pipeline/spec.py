@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from idrm_ray.core.objective import BTSettings, IDSettings
+from idrm_ray.core.peft_student import PeftSettings
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class WorkerSpec:
     gradient_checkpointing: bool = False
     student_dtype: str = "fp32"  # weights at load (plan.student_dtype: the precision under DeepSpeed)
     attn_implementation: str = "sdpa"  # the student's own attention kernel (student.attn_implementation)
+    peft: PeftSettings = field(default_factory=PeftSettings)  # student.train_top_blocks, student.lora.*
     # run control
     eval_every: int = 0  # optimizer steps; 0: only at the end
     checkpoint_every: int = 0  # optimizer steps; 0: only at the end
@@ -66,5 +68,14 @@ class WorkerSpec:
             d["id_settings"] = IDSettings(**d["id_settings"])
         if isinstance(d.get("bt_settings"), dict):
             d["bt_settings"] = BTSettings(**d["bt_settings"])
+        if isinstance(d.get("peft"), dict):
+            d["peft"] = PeftSettings(**{**d["peft"], "lora_target_modules": tuple(d["peft"]["lora_target_modules"])})
         d["betas"] = tuple(d.get("betas", (0.9, 0.95)))
         return cls(**d)
+
+
+def peft_settings(student) -> PeftSettings:
+    """The worker's PeftSettings from the `student` config section (train_top_blocks, lora.*)."""
+    lora = student.lora
+    return PeftSettings(train_top_blocks=student.train_top_blocks, lora_r=lora.r, lora_alpha=float(lora.alpha),
+                        lora_dropout=float(lora.dropout), lora_target_modules=tuple(lora.target_modules))

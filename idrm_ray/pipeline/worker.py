@@ -16,6 +16,7 @@ import torch
 
 from idrm_ray.core.baselines import IBRewardHead, fold_ib_state
 from idrm_ray.core.objective import RewardForward, preference_loss
+from idrm_ray.core.peft_student import apply_peft, check_distilled_trained
 from idrm_ray.core.scoring import pair_outcomes
 from idrm_ray.core.reward_model import (
     VALUE_HEAD_PREFIX,
@@ -276,10 +277,14 @@ def _autocast(engine, strategy):
 def _load_student(spec: WorkerSpec, strategy):
     """The student in its planned dtype and attention kernel; under ZeRO-3 partitioned as it
     loads (`strategy.load_reward_model`). Gradient checkpointing is non-reentrant: the Q/K
-    capture needs the recomputed blocks to carry gradients (core/capture.py)."""
+    capture needs the recomputed blocks to carry gradients (core/capture.py). Then only what
+    `spec.peft` trains keeps requires_grad (core/peft_student.py)."""
     model = strategy.load_reward_model(spec.student_dir, dtype=torch_dtype(spec.student_dtype),
                                        attn_implementation=spec.attn_implementation,
                                        tokenizer=cached_tokenizer(spec.student_dir))
+    if spec.id_settings is not None:  # the config refuses this first; a hand-built spec too
+        check_distilled_trained(spec.peft, top_n=spec.id_settings.top_n)
+    apply_peft(model, spec.peft)  # top blocks / LoRA: the frozen rest gets no grads or optimizer state
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
