@@ -24,15 +24,14 @@ import ray
 
 from idrm_ray.compare.table import bar_plot, summarise, write_significance, write_tables
 from idrm_ray.compare.variants import Variant, needs_members
-from idrm_ray.config import dump_config
-from idrm_ray.config.loader import from_dict
+from idrm_ray.config import derive
 from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.data import bundled_path
 from idrm_ray.pipeline import cluster
 from idrm_ray.pipeline.assets import prepare_student, prepare_teacher, tiny_teacher_dir
 from idrm_ray.pipeline.driver import load_data, train_one
-from idrm_ray.pipeline.methods import member_overrides, merge_values, run_method, run_tasks, score_gaps
+from idrm_ray.pipeline.methods import member_overrides, run_method, run_tasks, score_gaps
 from idrm_ray.pipeline.outputs import tiny_student_note
 
 DEFAULT_SHUFFLE = 256  # seeds differ in data order (and any new head's init)
@@ -60,25 +59,21 @@ def run_compare(cfg: TrainJobConfig, variants: list[Variant], seeds: list[int], 
     print(f"[idrm] compare in {out}: {[v.name for v in variants]} x seeds {seeds}; {len(train)} train pairs, "
           f"eval columns {[c for c, _ in columns]}")
     cluster.init_ray(cfg.resources.ray_address)
-    base = dump_config(cfg)
-    base["student"]["name_or_path"] = prepare_student(cfg, out)
-    base["teacher"]["cache_dir"] = cfg.teacher.cache_dir or str(out / "map_cache")
-    base["data"]["shuffle_buffer"] = cfg.data.shuffle_buffer or DEFAULT_SHUFFLE
-    base["method"]["compare_bt"] = False
+    base = derive(cfg, {"student.name_or_path": prepare_student(cfg, out),
+                        "teacher.cache_dir": cfg.teacher.cache_dir or str(out / "map_cache"),
+                        "data.shuffle_buffer": cfg.data.shuffle_buffer or DEFAULT_SHUFFLE, "method.compare_bt": False})
     teachers = prepare_teachers(cfg, variants, out)
-    plan = make_plan(from_dict(TrainJobConfig, base), len(train))
+    plan = make_plan(base, len(train))
     limit = cfg.method.ensemble.concurrency or cluster.runs_that_fit(cfg)
     am_rated = all(e.margin is not None for e in train) and cfg.method.am.source != "ensemble"
     kinds = sorted(needs_members(variants, am_from_ratings=am_rated))
 
     def config(v: Variant | None, seed: int, method: str) -> TrainJobConfig:
-        d = merge_values(base, (v.values if v else {}))
-        d["method"]["name"], d["optim"]["seed"] = method, seed
-        d["teacher"]["name_or_path"] = teachers.get(v.teacher if v else "nli") or ""
-        return from_dict(TrainJobConfig, d)
+        return derive(base, {**(v.values if v else {}), "method.name": method, "optim.seed": seed,
+                             "teacher.name_or_path": teachers.get(v.teacher if v else "nli") or ""})
 
     def common(seed: int, teacher: str) -> dict:
-        return {"plan": plan, "student_dir": base["student"]["name_or_path"], "teacher_dir": teachers.get(teacher),
+        return {"plan": plan, "student_dir": base.student.name_or_path, "teacher_dir": teachers.get(teacher),
                 "evals": evals, "run_dir": out / f"seed{seed}"}
 
     staged = [v for v in variants if _needs_stage2(v, am_rated)]
@@ -164,8 +159,8 @@ def prepare_teachers(cfg: TrainJobConfig, variants: list[Variant], out: Path) ->
             raise ValueError("the id-alt-teacher ablation swaps the built-in tiny teacher's family; for real "
                              "teachers run compare twice with teacher.name_or_path set to each NLI checkpoint")
         family = "deberta-v2" if cfg.teacher.tiny.family == "bert" else "bert"
-        alt = merge_values(dump_config(cfg), {"teacher": {"name_or_path": "", "tiny": {"family": family}}})
-        teachers["alt"], _ = prepare_teacher(from_dict(TrainJobConfig, alt), out / "teachers" / family, needed=True)
+        alt = derive(cfg, {"teacher.name_or_path": "", "teacher.tiny.family": family})
+        teachers["alt"], _ = prepare_teacher(alt, out / "teachers" / family, needed=True)
     return teachers
 
 

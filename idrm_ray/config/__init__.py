@@ -12,6 +12,7 @@ from typing import Any
 
 from idrm_ray.config.base import ConfigError, ConfigValueError, all_keys, describe, dump_config, param, require, section
 from idrm_ray.config.loader import (
+    derive,
     dump_yaml,
     from_dict,
     list_presets,
@@ -45,6 +46,6 @@ def config_class_for(data: Mapping[str, Any]) -> type:
 
 __all__ = [
     "ConfigError", "ConfigValueError", "JOB_CONFIGS", "TrainJobConfig", "TrainPlan", "all_keys",
-    "config_class_for", "describe", "dump_config", "dump_yaml", "from_dict", "list_presets", "load_config",
+    "config_class_for", "derive", "describe", "dump_config", "dump_yaml", "from_dict", "list_presets", "load_config",
     "make_plan", "param", "parse_override", "read_preset", "read_yaml", "require", "save_config", "section",
 ]

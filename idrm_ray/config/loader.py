@@ -174,6 +174,22 @@ def from_dict(cls: type[T], data: Mapping, *, where: str = "") -> T:
     return _finish(cls, merge(dump_config(cls()), coerce_layer(cls, data, where=where)))
 
 
+def derive(cfg: T, values: Mapping[str, Any], *, where: str = "") -> T:
+    """The one way to derive a config tree from another: `cfg` with dotted keys set,
+    checked like an override layer (unknown keys, types) and built afresh (section checks
+    run again). A key naming a section takes a mapping merged over it:
+
+        derive(cfg, {"method.id.top_n": 3, "run.name": "x", "teacher": {"tiny": {"family": "bert"}}})
+    """
+    layer: dict = {}
+    for key, value in values.items():
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        layer = merge(layer, value)
+    cls = type(cfg)
+    return _finish(cls, merge(dump_config(cfg), coerce_layer(cls, layer, where=where or " [derived]")))
+
+
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = (), preset: str | None = None
 ) -> T:

@@ -24,6 +24,7 @@ import numpy as np
 import ray
 import torch
 
+from idrm_ray.config import derive
 from idrm_ray.core.baselines import am_margins, flip_mask, preference_strength
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.core.scoring import pair_outcomes
@@ -174,7 +175,7 @@ def _warm(cfg, plan, *, method, name, distill, train, members, student_dir, teac
     if cfg.method.warm.variant == "checkpoints":
         k = cfg.method.warm.checkpoints
         every = max(1, plan.total_steps // k)
-        run_cfg = with_values(cfg, {"run": {"keep_checkpoints": k}})
+        run_cfg = derive(cfg, {"run.keep_checkpoints": k})
         row = train_one(run_cfg, plan, method=kind, train=train, out_name=f"{name}/run", keep_checkpoints=True,
                         spec_overrides=dict(checkpoint_every=every), **common)
         sources, rows = row["checkpoints"], [row]
@@ -275,22 +276,6 @@ def _student_slot(cfg) -> dict:
 
 
 # -- records --------------------------------------------------------------------------------
-
-
-def merge_values(base: dict, values: dict) -> dict:
-    """A deep copy of a nested config dict with nested `values` set over it."""
-    out = json.loads(json.dumps(base))
-    for key, value in values.items():
-        out[key] = merge_values(out[key], value) if isinstance(value, dict) else value
-    return out
-
-
-def with_values(cfg, values: dict):
-    """A copy of a config tree with nested `values` set (e.g. {"run": {"keep_checkpoints": 5}})."""
-    from idrm_ray.config import dump_config
-    from idrm_ray.config.loader import from_dict
-
-    return from_dict(type(cfg), merge_values(dump_config(cfg), values))
 
 
 def _member_summary(rows: list[dict]) -> dict:

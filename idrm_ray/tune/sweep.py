@@ -33,8 +33,8 @@ from pathlib import Path
 
 import ray
 
-from idrm_ray.config import dump_config
-from idrm_ray.config.loader import CONFIG_DIR, dump_yaml, from_dict
+from idrm_ray.config import derive, dump_config
+from idrm_ray.config.loader import CONFIG_DIR, dump_yaml
 from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.pipeline import cluster, map_cache
@@ -45,18 +45,14 @@ from idrm_ray.pipeline.driver import encode_kwargs_for, load_data, teacher_maps_
 METRIC = "eval_accuracy"
 
 
-def trial_config(base: dict, *, lam: float, top_n: int, output_dir: str, worker_wandb: bool = True) -> TrainJobConfig:
-    data = json.loads(json.dumps(base))
+def trial_config(base: TrainJobConfig, *, lam: float, top_n: int, output_dir: str,
+                 worker_wandb: bool = True) -> TrainJobConfig:
+    values = {"method.name": "id", "method.compare_bt": False, "method.id.lam": float(lam),
+              "method.id.top_n": int(top_n), "run.output_dir": output_dir, "run.name": f"lam{lam:g}_n{top_n}",
+              "run.storage_path": ""}
     if not worker_wandb:  # in a sweep, W&B is Tune's callback (one run per trial), not the worker's
-        data["logging"]["wandb_mode"] = "disabled"
-    data["method"]["name"] = "id"
-    data["method"]["compare_bt"] = False
-    data["method"]["id"]["lam"] = float(lam)
-    data["method"]["id"]["top_n"] = int(top_n)
-    data["run"]["output_dir"] = output_dir
-    data["run"]["name"] = f"lam{lam:g}_n{top_n}"
-    data["run"]["storage_path"] = ""
-    return from_dict(TrainJobConfig, data)
+        values["logging.wandb_mode"] = "disabled"
+    return derive(base, values)
 
 
 def max_concurrent(cfg: TrainJobConfig) -> int:
@@ -64,7 +60,7 @@ def max_concurrent(cfg: TrainJobConfig) -> int:
     return cluster.runs_that_fit(cfg)
 
 
-def _trial(config: dict, *, base: dict, train, evals, student_dir: str, teacher_dir: str, cache_path: str | None,
+def _trial(config: dict, *, base: TrainJobConfig, train, evals, student_dir: str, teacher_dir: str, cache_path: str | None,
            trials_dir: str):
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -143,8 +139,7 @@ def wandb_callbacks(cfg: TrainJobConfig, sweep_dir: Path) -> list:
 
 def build_cache(cfg: TrainJobConfig, *, train, student_dir: str, teacher_dir: str, n_max: int) -> dict:
     """The teacher maps for N_max blocks, through the pipeline's own cache path, once."""
-    cfg_max = from_dict(TrainJobConfig, {**dump_config(cfg), "method": {**dump_config(cfg.method),
-                                         "id": {**dump_config(cfg.method.id), "top_n": n_max}}})
+    cfg_max = derive(cfg, {"method.id.top_n": n_max})
     ek = encode_kwargs_for(cfg_max, student_dir, teacher_dir)
     key = map_cache.cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train, encode_kwargs=ek,
                               num_blocks=n_max, renormalize=cfg_max.method.id.mode,  # as teacher_maps_stream
@@ -177,25 +172,16 @@ def run_sweep(cfg: TrainJobConfig, lams=(0.4, 1.0), top_ns=(1, 2), *, sweep_dir:
     sweep_dir = sweep_dir.resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     n_max = max(top_ns)
-    base_dict = dump_config(cfg)
-    if use_cache:
-        base_dict["teacher"]["cache_dir"] = cfg.teacher.cache_dir or str(sweep_dir / "map_cache")
-        base_dict["teacher"]["cache_blocks"] = n_max
-    else:
-        base_dict["teacher"]["cache_dir"] = ""
-        base_dict["teacher"]["cache_blocks"] = 0
-    base_dict["method"]["compare_bt"] = False
-    base_dict["method"]["name"] = "id"
-    cfg = from_dict(TrainJobConfig, base_dict)
+    cache_dir = (cfg.teacher.cache_dir or str(sweep_dir / "map_cache")) if use_cache else ""
+    cfg = derive(cfg, {"teacher.cache_dir": cache_dir, "teacher.cache_blocks": n_max if use_cache else 0,
+                       "method.compare_bt": False, "method.name": "id"})
 
     train, evals, _ = load_data(cfg, sweep_dir)
     cluster.init_ray(cfg.resources.ray_address)
     student_dir = prepare_student(cfg, sweep_dir)
     teacher_dir, _ = prepare_teacher(cfg, sweep_dir, needed=True)
     # Trials use the prepared assets by path (no per-trial fine-tune, same cache key).
-    base_dict["student"]["name_or_path"] = student_dir
-    base_dict["teacher"]["name_or_path"] = teacher_dir
-    cfg = from_dict(TrainJobConfig, base_dict)
+    cfg = derive(cfg, {"student.name_or_path": student_dir, "teacher.name_or_path": teacher_dir})
 
     if use_cache:
         cache = build_cache(cfg, train=train, student_dir=student_dir, teacher_dir=teacher_dir, n_max=n_max)
@@ -220,7 +206,7 @@ def run_sweep(cfg: TrainJobConfig, lams=(0.4, 1.0), top_ns=(1, 2), *, sweep_dir:
             f"{d}/lam{lam:g}_n{n}" if (spec.config.lam == lam and spec.config.top_n == n) else "")
     trials_dir = sweep_dir / "trials"
     trainable = tune.with_parameters(
-        _trial, base=base_dict, train=train, evals=evals, student_dir=student_dir, teacher_dir=teacher_dir,
+        _trial, base=cfg, train=train, evals=evals, student_dir=student_dir, teacher_dir=teacher_dir,
         cache_path=cache["path"], trials_dir=str(trials_dir))
     scheduler = (ASHAScheduler(time_attr=asha["time_attr"], max_t=asha["max_t"], grace_period=asha["grace_period"],
                                reduction_factor=asha["reduction_factor"], stop_last_trials=False) if use_asha else None)
@@ -245,7 +231,7 @@ def run_sweep(cfg: TrainJobConfig, lams=(0.4, 1.0), top_ns=(1, 2), *, sweep_dir:
     write_table(sweep_dir, rows)
     heatmap(sweep_dir / "heatmap.png", rows, lams=list(lams), top_ns=list(top_ns))
     if best:
-        best_cfg = trial_config(base_dict, lam=best["lam"], top_n=best["top_n"], output_dir=str(sweep_dir / "best_runs"))
+        best_cfg = trial_config(cfg, lam=best["lam"], top_n=best["top_n"], output_dir=str(sweep_dir / "best_runs"))
         (sweep_dir / "best_config.yaml").write_text(portable_yaml(best_cfg, sweep_dir))
         (sweep_dir / "best.json").write_text(json.dumps(best, indent=2))
     if use_cache:
