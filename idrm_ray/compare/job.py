@@ -27,6 +27,7 @@ from idrm_ray.compare.variants import Variant, needs_members
 from idrm_ray.config import derive
 from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
+from idrm_ray.core.method_kind import method_kind
 from idrm_ray.data import bundled_path
 from idrm_ray.pipeline import cluster
 from idrm_ray.pipeline.assets import prepare_student, prepare_teacher, tiny_teacher_dir
@@ -134,8 +135,7 @@ def _first(results: list) -> list[dict]:
 
 
 def _needs_stage2(v: Variant, am_rated: bool) -> bool:
-    base = v.method.split("+")[-1]
-    return base in ("lf", "warm") or (base == "am" and not am_rated)
+    return method_kind(v.method).needs_members(am_from_ratings=am_rated)
 
 
 def prepare_teachers(cfg: TrainJobConfig, variants: list[Variant], out: Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from idrm_ray.config.train import METHODS
+from idrm_ray.core.method_kind import METHODS, method_kind
 
 TABLE2_METHODS = ("bt", "am", "lf", "warm", "inform", "id")
 DEFAULT_METHODS = ("bt", "am", "lf", "warm", "inform", "id", "id+am", "id+lf", "id+warm")
@@ -30,7 +30,7 @@ class Variant:
 
     @property
     def distills(self) -> bool:
-        return self.method == "id" or self.method.startswith("id+")
+        return method_kind(self.method).distills
 
 
 def variant(name: str) -> Variant:
@@ -62,9 +62,5 @@ def parse_variants(text: str) -> list[Variant]:
 def needs_members(variants: list[Variant], *, am_from_ratings: bool) -> set[str]:
     """Ensemble kinds the variants share per seed: bt members (LF flips, AM proxy margins,
     WARM) and id members (ID+WARM)."""
-    kinds = set()
-    for v in variants:
-        base = v.method.split("+")[-1]
-        if base in ("lf", "warm") or (base == "am" and not am_from_ratings):
-            kinds.add("id" if v.method == "id+warm" else "bt")
-    return kinds
+    kinds = (method_kind(v.method) for v in variants)
+    return {k.member_kind for k in kinds if k.needs_members(am_from_ratings=am_from_ratings)}

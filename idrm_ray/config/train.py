@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from idrm_ray.config.base import param, require, section
+from idrm_ray.core.method_kind import METHODS, MethodKind, method_kind
 
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 MIN_LEN = 16  # room for the specials plus a few tokens of each half
@@ -256,9 +257,6 @@ class IDConfig:
                 "pre_rope keys apply to the separate mode only; set inter_keys=post_rope or mode=separate")
 
 
-METHODS = ("bt", "id", "am", "lf", "warm", "inform", "id+am", "id+lf", "id+warm")
-
-
 @dataclass(frozen=True)
 class AMConfig:
     """AM-RM (METHOD.md §10): loss -log σ(Δr - m) with a per-pair margin m."""
@@ -348,14 +346,19 @@ class MethodConfig:
     ensemble: EnsembleConfig = section(EnsembleConfig)
 
     @property
+    def kind(self) -> MethodKind:
+        """The parsed name (`core/method_kind.py`)."""
+        return method_kind(self.name)
+
+    @property
     def distills(self) -> bool:
         """Whether the final RM trains with L_ID (needs the teacher)."""
-        return self.name == "id" or self.name.startswith("id+")
+        return self.kind.distills
 
     @property
     def baseline(self) -> str:
         """The baseline part of the name: bt, am, lf, warm or inform (`id` alone: bt)."""
-        return self.name.split("+")[-1] if "+" in self.name else ("bt" if self.name == "id" else self.name)
+        return self.kind.base
 
 
 @dataclass(frozen=True)

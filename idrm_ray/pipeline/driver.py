@@ -17,6 +17,7 @@ import ray
 from idrm_ray.config import dump_config
 from idrm_ray.config.plan import make_plan, teacher_dtype
 from idrm_ray.config.train import TrainJobConfig
+from idrm_ray.core.method_kind import method_kind
 from idrm_ray.core.objective import BTSettings, IDSettings
 from idrm_ray.data import bundled_path, load_preferences
 from idrm_ray.pipeline import cluster, map_cache, outputs, preflight
@@ -63,13 +64,13 @@ def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad
     """The worker's values for one run of `method` (bt, id, am, lf, inform, id+am, id+lf; an
     ensemble member is a bt or id run with `overrides` such as seed, lr or max_steps)."""
     o, m = cfg.optim, cfg.method
-    base = method.split("+")[-1] if "+" in method else method
-    ids = IDSettings(**dump_config(m.id)) if method == "id" or method.startswith("id+") else None
-    bt = BTSettings(label_smoothing=m.lf.smoothing if base == "lf" else 0.0,
-                    ib_beta=m.inform.beta if base == "inform" else 0.0, kl_form=m.inform.kl_form)
+    kind = method_kind(method)
+    ids = IDSettings(**dump_config(m.id)) if kind.distills else None
+    bt = BTSettings(label_smoothing=m.lf.smoothing if kind.base == "lf" else 0.0,
+                    ib_beta=m.inform.beta if kind.head == "ib" else 0.0, kl_form=m.inform.kl_form)
     spec = WorkerSpec(
         method=method, student_dir=student_dir, pad_id=pad_id, id_settings=ids,
-        use_margin=base == "am", bt_settings=bt, ib_latent_dim=m.inform.latent_dim if base == "inform" else 0,
+        use_margin=kind.uses_margin, bt_settings=bt, ib_latent_dim=m.inform.latent_dim if kind.head == "ib" else 0,
         lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), schedule=o.schedule,
         warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, max_steps=o.max_steps, epochs=o.epochs,
         micro_batch_size=plan.micro_batch_size, grad_accum_steps=plan.grad_accum_steps,

@@ -25,6 +25,7 @@ import ray
 import torch
 
 from idrm_ray.config import derive
+from idrm_ray.core.method_kind import method_kind
 from idrm_ray.core.baselines import am_margins, flip_mask, preference_strength
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.core.scoring import pair_outcomes
@@ -34,30 +35,21 @@ from idrm_ray.pipeline.driver import train_one
 SHUFFLE_BUFFER_PAIRS = 256  # members' seeded local shuffle: different data orders, same data
 
 
-def split_method(method: str) -> tuple[bool, str]:
-    """'id+lf' -> (True, 'lf'); 'id' -> (True, 'bt'); 'am' -> (False, 'am')."""
-    if method == "id":
-        return True, "bt"
-    if method.startswith("id+"):
-        return True, method[3:]
-    return False, method
-
-
 def run_method(cfg, plan, *, method: str, student_dir: str, teacher_dir: str | None, train, evals,
                run_dir: Path, members: dict[str, list[dict]] | None = None, out_name: str | None = None) -> list[dict]:
     """Train `method` into run_dir/(out_name or method) and return its summary row(s).
     `members` reuses ensembles already trained by the caller ({"bt": rows, "id": rows},
     e.g. shared by `idrm-ray compare`)."""
-    distill, base = split_method(method)
+    kind = method_kind(method)
     name = out_name or method
     common = dict(student_dir=student_dir, teacher_dir=teacher_dir, evals=evals, run_dir=run_dir)
     members = members or {}
-    if base == "warm":
-        return [_warm(cfg, plan, method=method, name=name, distill=distill, train=train, members=members, **common)]
+    if kind.base == "warm":
+        return [_warm(cfg, plan, method=method, name=name, train=train, members=members, **common)]
     extra: dict = {}
-    if base == "am":
+    if kind.base == "am":
         train, extra = _am_data(cfg, plan, name=name, train=train, members=members, common=common)
-    elif base == "lf":
+    elif kind.base == "lf":
         train, extra = _lf_data(cfg, plan, name=name, train=train, members=members, common=common)
     row = train_one(cfg, plan, method=method, train=train, out_name=name, **common)
     return [{**row, **extra}]
@@ -168,8 +160,8 @@ def _lf_data(cfg, plan, *, name, train, members, common) -> tuple[list[Preferenc
 # -- WARM -----------------------------------------------------------------------------------
 
 
-def _warm(cfg, plan, *, method, name, distill, train, members, student_dir, teacher_dir, evals, run_dir) -> dict:
-    kind = "id" if distill else "bt"
+def _warm(cfg, plan, *, method, name, train, members, student_dir, teacher_dir, evals, run_dir) -> dict:
+    kind = method_kind(method).member_kind
     t0 = time.perf_counter()
     common = dict(student_dir=student_dir, teacher_dir=teacher_dir, evals=evals, run_dir=run_dir)
     if cfg.method.warm.variant == "checkpoints":

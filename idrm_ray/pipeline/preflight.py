@@ -192,7 +192,7 @@ def _check_teacher(cfg: TrainJobConfig, config, name: str, key: str) -> None:
 
 def distills(cfg: TrainJobConfig) -> bool:
     """Whether the run trains with L_ID (`id`, `id+am`, ...), so needs the teacher."""
-    return cfg.method.name == "id" or cfg.method.name.startswith("id+")
+    return cfg.method.distills
 
 
 def _tokenizer(name: str):
