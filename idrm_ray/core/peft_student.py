@@ -31,6 +31,7 @@ from idrm_ray.core.capture import decoder_layers
 from idrm_ray.core.reward_model import VALUE_HEAD_PREFIX, backbone, value_head
 
 __all__ = [
+    "ADAPTER_DIR",
     "DEFAULT_TARGETS",
     "PeftSettings",
     "adapter_state",
@@ -44,6 +45,7 @@ __all__ = [
     "trainable_counts",
 ]
 
+ADAPTER_DIR = "adapter"  # the adapter alone, inside the checkpoint's model directory
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _ADAPTER = "default"  # peft's adapter name; removed from the keys in its saved format
 
