@@ -16,7 +16,14 @@ import torch
 
 from idrm_ray.core.baselines import IBRewardHead, fold_ib_state
 from idrm_ray.core.objective import RewardForward, preference_loss
-from idrm_ray.core.peft_student import apply_peft, check_distilled_trained
+from idrm_ray.core.peft_student import (
+    ADAPTER_DIR,
+    apply_peft,
+    check_distilled_trained,
+    merge_lora_state,
+    plain_skeleton,
+    save_adapter,
+)
 from idrm_ray.core.scoring import pair_outcomes
 from idrm_ray.core.reward_model import (
     VALUE_HEAD_PREFIX,
@@ -201,10 +208,15 @@ class _WorkerRun:
             state = self.strategy.consolidated_state_dict()  # a collective: every rank calls it
             state, extra = _model_state(state)
             if self.strategy.rank == 0:
+                model, peft, out = self.model, self.spec.peft, ckpt.model_dir(tmp)
+                if peft.lora:  # an ordinary merged reward model; the adapter alone in model/adapter/
+                    save_adapter(out / ADAPTER_DIR, state, peft, num_blocks=model.config.num_hidden_layers,
+                                 base_model=self.spec.student_dir)
+                    model, state = plain_skeleton(model), merge_lora_state(state, peft)
                 save_reward_model(
-                    self.model, cached_tokenizer(self.spec.student_dir), ckpt.model_dir(tmp),
-                    state_dict=state, metadata={"method": self.spec.method, "render": self.spec.render, **metrics,
-                                                **extra},
+                    model, cached_tokenizer(self.spec.student_dir), out, state_dict=state,
+                    metadata={"method": self.spec.method, "render": self.spec.render, "peft": peft.to_metadata(),
+                              **metrics, **extra},
                 )
                 ckpt.write_progress(tmp, self.progress)
             self.strategy.save_state(ckpt.state_dir(tmp))
