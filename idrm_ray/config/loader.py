@@ -50,7 +50,8 @@ def read_preset(name: str) -> Any:
         guess = suggest(name, names)
         hint = f" (did you mean '{guess}'?)" if guess else ""
         raise ConfigError(f"unknown preset '{name}'{hint}; available: {', '.join(names)}")
-    return _parse_yaml(res.read_text(encoding="utf-8"), f"preset '{name}'")
+    # `${config_dir}` in a preset: the package's configs/ folder (study_real's bundled data)
+    return expand_config_dir(_parse_yaml(res.read_text(encoding="utf-8"), f"preset '{name}'"), str(res))
 
 
 def read_yaml(path: str | Path) -> Any:

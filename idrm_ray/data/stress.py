@@ -42,7 +42,7 @@ from idrm_ray.eval.shortcuts import chance_band, shortcut_baselines
 
 STRESS_DIR = Path(__file__).resolve().parent / "bundled" / "stress"
 DEFAULT_SEED = 0
-SIZES = {"pref_train": 800, "per_eval_kind": 80, "nli_train": 1500, "nli_eval": 300}
+SIZES = {"pref_train": 480, "per_eval_kind": 48, "nli_train": 1200, "nli_eval": 240}
 EVAL_KINDS = ("copy/id", "copy/ood", "early/id", "early/ood")
 CUES = (" Tag: blue.", " Tag: gold.")  # chosen's cue in training, rejected's; same length
 CLOSERS = [" Thanks!", " Bye.", " Hope this helps.", " Cheers.", " Okay.", " Good luck."]
