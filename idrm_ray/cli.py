@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from idrm_ray import console
 from idrm_ray.config import ConfigError, describe, load_config
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.eval.commands import EVAL_COMMANDS, add_eval_commands, run_eval_command
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--output-dir", help="parent folder of run folders (same as run.output_dir=...)")
         p.add_argument("--help-config", action="store_true", help="list every config key and exit")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. method.id.lam=0.8")
+        p.add_argument("--verbose", action="store_true",
+                       help="show Ray's and the libraries' output on the console (default: <run folder>/logs/)")
         if name == "tune":
             p.add_argument("--lams", default="0.4,1.0", help="comma-separated λ grid")
             p.add_argument("--top-ns", default="1,2", help="comma-separated N grid")
@@ -102,12 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = load_train_config(args)
-        return _run(args.command, cfg, args)
+        with console.session(verbose=args.verbose):
+            return _run(args.command, cfg, args)
     except Exception as exc:  # noqa: BLE001 - data errors cross Ray boundaries wrapped
         line = bad_input_line(exc)
         if line is None:
             raise
-        print(line, file=sys.stderr)
+        console.error(line)
     return EXIT_BAD_INPUT
 
 

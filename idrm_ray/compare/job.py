@@ -23,6 +23,7 @@ import numpy as np
 import ray
 
 from idrm_ray.compare.table import bar_plot, summarise, write_significance, write_tables
+from idrm_ray import console
 from idrm_ray.compare.variants import Variant, needs_members
 from idrm_ray.config import derive
 from idrm_ray.config.plan import make_plan
@@ -57,8 +58,8 @@ def run_compare(cfg: TrainJobConfig, variants: list[Variant], seeds: list[int], 
     out.mkdir(parents=True, exist_ok=True)
     train, evals, counts = load_data(cfg, out)
     columns = eval_columns(cfg, evals, eval_sources)
-    print(f"[idrm] compare in {out}: {[v.name for v in variants]} x seeds {seeds}; {len(train)} train pairs, "
-          f"eval columns {[c for c, _ in columns]}")
+    console.run_folder(out, f"[idrm] compare in {out}: {[v.name for v in variants]} x seeds {seeds}; "
+                            f"{len(train)} train pairs, eval columns {[c for c, _ in columns]}")
     cluster.init_ray(cfg.resources.ray_address)
     base = derive(cfg, {"student.name_or_path": prepare_student(cfg, out),
                         "teacher.cache_dir": cfg.teacher.cache_dir or str(out / "map_cache"),
@@ -91,7 +92,7 @@ def run_compare(cfg: TrainJobConfig, variants: list[Variant], seeds: list[int], 
                 calls.append({"fn": train_one, "cfg": c, "method": kind, "out_name": f"members/{kind}/member{i}",
                               "spec_overrides": member_overrides(c, plan, i, diverse_lr=True), **common(seed, "nli")})
                 keys.append((kind, i, seed))
-    print(f"[idrm] stage 1: {len(calls)} training runs, {min(limit, len(calls))} at a time")
+    console.phase("stage 1", f"{len(calls)} training runs, {min(limit, len(calls))} at a time")
     rows = dict(zip(keys, _first(run_tasks(_dispatch, calls, limit=limit, shared={"train": train}))))
 
     stage2, keys = [], []
@@ -102,7 +103,7 @@ def run_compare(cfg: TrainJobConfig, variants: list[Variant], seeds: list[int], 
                            "members": members, **common(seed, v.teacher)})
             keys.append(("final", v.name, seed))
     if stage2:
-        print(f"[idrm] stage 2: {len(stage2)} methods built on the shared ensembles")
+        console.phase("stage 2", f"{len(stage2)} methods built on the shared ensembles")
         rows.update(zip(keys, _first(run_tasks(_dispatch, stage2, limit=limit, shared={"train": train}))))
     results = score_finals(cfg, rows, variants, seeds, columns)
     names = [c for c, _ in columns] + _leaderboards(columns)  # leaderboard columns: beside, not in the avg
@@ -118,10 +119,10 @@ def run_compare(cfg: TrainJobConfig, variants: list[Variant], seeds: list[int], 
               "runs": {f"{k[1]}/seed{k[2]}" if k[0] == "final" else f"{k[0]}-member{k[1]}/seed{k[2]}": r
                        for k, r in rows.items()}}
     (out / "compare.json").write_text(json.dumps(report, indent=2, default=str))
-    print((out / "table.md").read_text() + (f"\n{per_seed}" if per_seed else ""))
+    console.result_table((out / "table.md").read_text() + (f"\n{per_seed}" if per_seed else ""))
     if tiny_student_note(cfg.student.name_or_path):  # the embedded default cannot show ID's effect
-        print(tiny_student_note(cfg.student.name_or_path))
-    print(f"[idrm] compare done in {report['wall_time_s']:.0f} s: {out}")
+        console.info(tiny_student_note(cfg.student.name_or_path))
+    console.info(f"[idrm] compare done in {report['wall_time_s']:.0f} s: {out}")
     return report
 
 

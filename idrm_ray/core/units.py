@@ -389,7 +389,7 @@ def _pad(rows: list[np.ndarray], *, value, dtype: torch.dtype) -> torch.Tensor:
     width = max((len(r) for r in rows), default=0)
     out = torch.full((len(rows), width), value, dtype=dtype)
     for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.as_tensor(row, dtype=dtype)
+        out[i, : len(row)] = torch.tensor(row, dtype=dtype)  # a copy: stream rows are read-only arrays
     return out
 
 

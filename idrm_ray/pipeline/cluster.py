@@ -11,9 +11,11 @@ import os
 from pathlib import Path
 
 import ray
+from ray.data import DataContext
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from idrm_ray import console
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.pipeline.dataset import ExactlyOnceDataConfig, StagePlacement
 
@@ -23,15 +25,27 @@ def init_ray(address: str) -> None:
     Locally we declare at least 4 logical CPUs: the stages ask for CPU fractions, and
     2-core machines would otherwise leave Ray Data no budget (STACK_NOTES.md). With no
     address, a new local Ray starts even when another one runs on this machine (`ray start`):
-    joining it by accident would run the job under someone else's resources."""
-    if ray.is_initialized():
-        return
-    if address or os.environ.get("RAY_ADDRESS"):  # a cluster (e.g. under `ray job submit`)
-        ray.init(address=address or None, log_to_driver=True)
-    else:
-        context = ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), log_to_driver=True)
+    joining it by accident would run the job under someone else's resources.
+
+    In a quiet CLI session (`console`, no --verbose) the workers' output stays in Ray's session
+    logs (log_to_driver=False), Ray Data draws no progress bars, and the workers' progress
+    reaches the console through the console's progress board instead."""
+    quiet = console.quiet_session()
+    if not ray.is_initialized():
+        if address or os.environ.get("RAY_ADDRESS"):  # a cluster (e.g. under `ray job submit`)
+            context = ray.init(address=address or None, log_to_driver=not quiet)
+        else:
+            context = ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), log_to_driver=not quiet)
         if context.dashboard_url:  # the Ray Data operators and idrm_* metrics show up there
-            print(f"[idrm] Ray dashboard: http://{context.dashboard_url}")
+            console.info(f"[idrm] Ray dashboard: http://{context.dashboard_url}")
+        if quiet:
+            console.on_close(ray.shutdown)  # before the terminal gets stdout back: its exit noise goes to the log
+            node = getattr(ray._private.worker, "_global_node", None)  # no public API for the session's logs
+            if node is not None:
+                console.ray_logs(node.get_logs_dir_path())
+    if quiet:
+        DataContext.get_current().enable_progress_bars = False  # datasets made from here on copy it
+        console.start_board()
 
 
 def _offers(resource: str) -> bool:

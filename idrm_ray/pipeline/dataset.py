@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.data import ExecutionResources
+from ray.data import ActorPoolStrategy, ExecutionResources
 from ray.train import DataConfig
 
 from idrm_ray.core.types import PreferenceExample
@@ -53,7 +53,7 @@ def encoded_stream(ds: ray.data.Dataset, *, encode_kwargs: dict[str, Any], place
         EncodeStage,
         fn_constructor_kwargs=encode_kwargs,
         batch_size=placement.encode_batch_size,
-        concurrency=placement.encode_concurrency,
+        compute=ActorPoolStrategy(min_size=placement.encode_concurrency[0], max_size=placement.encode_concurrency[1]),
         num_cpus=placement.encode_cpus,
         batch_format="numpy",
     )
@@ -65,7 +65,7 @@ def teacher_stream(ds: ray.data.Dataset, *, teacher_kwargs: dict[str, Any], plac
         TeacherStage,
         fn_constructor_kwargs=teacher_kwargs,
         batch_size=placement.teacher_batch_size,
-        concurrency=placement.teacher_concurrency,
+        compute=ActorPoolStrategy(min_size=placement.teacher_concurrency[0], max_size=placement.teacher_concurrency[1]),
         num_cpus=placement.teacher_cpus,
         num_gpus=placement.teacher_gpus or None,
         batch_format="numpy",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from idrm_ray import console
 from idrm_ray.config import dump_config
 from idrm_ray.config.plan import make_plan, teacher_dtype
 from idrm_ray.config.train import TrainJobConfig
@@ -119,7 +120,8 @@ def run_train(cfg: TrainJobConfig) -> dict:
     plan = make_plan(cfg, len(train))
     methods = methods_to_run(cfg)
     validate_teacher_data(cfg, needed=cfg.method.distills)  # NLI data too, before Ray starts
-    print(f"[idrm] run folder {run_dir}: {len(train)} train / {len(evals)} eval pairs, methods {methods}")
+    console.run_folder(run_dir, f"[idrm] run folder {run_dir}: {len(train)} train / {len(evals)} eval pairs, "
+                                f"methods {methods}")
     cluster.init_ray(cfg.resources.ray_address)
     preflight.check_before_workers(cfg, job="train")  # models + cluster, before any worker
     student_dir = prepare_student(cfg, run_dir)
@@ -232,11 +234,12 @@ def run_teacher(cfg: TrainJobConfig) -> dict:
     """`idrm-ray teacher`: only the NLI fine-tune; prints and returns its metrics."""
     run_dir = run_dir_for(cfg)
     validate_teacher_data(cfg, needed=True)
+    console.run_folder(run_dir, f"[idrm] run folder {run_dir}: the NLI teacher only")
     cluster.init_ray(cfg.resources.ray_address)
     if cfg.teacher.name_or_path:
-        print(f"[idrm] teacher.name_or_path={cfg.teacher.name_or_path!r} is a ready teacher; nothing to fine-tune")
+        console.info(f"[idrm] teacher.name_or_path={cfg.teacher.name_or_path!r} is a ready teacher; nothing to fine-tune")
         return {}
     preflight.check_before_workers(cfg, job="teacher")
     path, metrics = prepare_teacher(cfg, run_dir, needed=True)
-    print(json.dumps({"teacher": path, **metrics}, indent=2))
+    console.result_table(json.dumps({"teacher": path, **metrics}, indent=2))
     return metrics

@@ -26,6 +26,7 @@ import torch
 
 from idrm_ray.config import derive
 from idrm_ray.core.method_kind import method_kind
+from idrm_ray import console
 from idrm_ray.core.baselines import am_margins, flip_mask, preference_strength
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.core.scoring import pair_outcomes
@@ -78,7 +79,8 @@ def train_members(cfg, plan, *, kind: str, folder: str, train, student_dir, teac
                  spec_overrides=member_overrides(cfg, plan, i, diverse_lr=diverse_lr))
             for i in range(cfg.method.ensemble.members)]
     limit = cfg.method.ensemble.concurrency or cluster.runs_that_fit(cfg)
-    print(f"[idrm] {len(jobs)} {kind} ensemble members under {run_dir / folder} ({min(limit, len(jobs))} at a time)")
+    console.info(f"[idrm] {len(jobs)} {kind} ensemble members under {run_dir / folder} "
+                 f"({min(limit, len(jobs))} at a time)")
     common = dict(student_dir=student_dir, teacher_dir=teacher_dir, evals=evals, run_dir=run_dir)
     return run_parallel(cfg, plan, jobs, train=train, limit=limit, **common)
 
@@ -150,8 +152,8 @@ def _lf_data(cfg, plan, *, name, train, members, common) -> tuple[list[Preferenc
     flips = flip_mask(mu, threshold=lf.threshold, max_fraction=lf.max_flip_fraction)
     _write_strength(common["run_dir"] / name, train, mu, sigma, flipped=flips, margins=None)
     flipped = [replace(e, chosen=e.rejected, rejected=e.chosen) if f else e for e, f in zip(train, flips.tolist())]
-    print(f"[idrm] {name}: flipped {int(flips.sum())} of {len(train)} pairs (μ̂ < {lf.threshold}; "
-          f"{float((mu < 0).double().mean()):.1%} have μ̂ < 0)")
+    console.info(f"[idrm] {name}: flipped {int(flips.sum())} of {len(train)} pairs (μ̂ < {lf.threshold}; "
+                 f"{float((mu < 0).double().mean()):.1%} have μ̂ < 0)")
     return flipped, {"flipped_pairs": int(flips.sum()), "flipped_fraction": float(flips.double().mean()),
                      "negative_strength_fraction": float((mu < 0).double().mean()),
                      "label_smoothing": lf.smoothing, **_member_summary(rows)}
@@ -178,7 +180,8 @@ def _warm(cfg, plan, *, method, name, train, members, student_dir, teacher_dir, 
     out = run_dir / name / "checkpoint"
     average_checkpoints(cfg, sources, out, metadata={"method": method, "variant": cfg.method.warm.variant})
     metrics = evaluate_checkpoint(cfg, str(out), evals)
-    print(f"[idrm] {name}: averaged {len(sources)} models -> {out} (eval accuracy {metrics['eval_accuracy']:.3f})")
+    console.info(f"[idrm] {name}: averaged {len(sources)} models -> {out} "
+                 f"(eval accuracy {metrics['eval_accuracy']:.3f})")
     return {"method": method, **metrics, "checkpoint": str(out), "averaged_models": len(sources),
             "wall_time_s": time.perf_counter() - t0, "steps": rows[0].get("steps"), **_member_summary(rows)}
 

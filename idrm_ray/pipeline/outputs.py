@@ -15,6 +15,7 @@ import json
 import math
 from pathlib import Path
 
+from idrm_ray import console
 from idrm_ray.pipeline import checkpointing as ckpt
 from idrm_ray.pipeline.assets import copy_tree
 
@@ -113,9 +114,9 @@ def _f(value, digits: int) -> str:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(format_table(summary["runs"]))
+    console.result_table(format_table(summary["runs"]))
     print_tiny_student_note(run_dir, summary["runs"])
-    print(f"[idrm] wall time {summary['wall_time_s']:.1f} s; summary: {run_dir / 'summary.json'}")
+    console.info(f"[idrm] wall time {summary['wall_time_s']:.1f} s; summary: {run_dir / 'summary.json'}")
 
 
 STUDY_COMMAND = "idrm-ray compare --preset study_real --methods bt,id --seeds 0,1,2"
@@ -139,4 +140,4 @@ def print_tiny_student_note(run_dir: Path, runs: list[dict]) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return
     if len(runs) > 1 and tiny_student_note(student):
-        print(tiny_student_note(student))
+        console.info(tiny_student_note(student))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from idrm_ray.core.devices import torch_dtype
+from idrm_ray import console
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.pipeline.records import encoding_to_row
 
@@ -88,6 +89,7 @@ class TeacherStage:
         self.monitor.record(
             pairs=len(out["teacher_maps"]), map_bytes=int(np.sum(out["teacher_map_bytes"])), seconds=seconds
         )
+        console.count("teacher maps", len(out["teacher_maps"]), unit="pairs")
         return out
 
 

@@ -23,6 +23,7 @@ import torch
 from ray.train import Checkpoint
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from idrm_ray import console
 from idrm_ray.pipeline.ingest import synced_batches
 from idrm_ray.train.strategy import make_strategy, pick_device
 
@@ -98,11 +99,10 @@ class _Progress:
         if not self.enabled:
             return
         rate = self.seen / max(self.train_s, 1e-9)
-        eta = max(self.total_examples - self.seen, 0.0) / max(rate, 1e-9)
         loss = self._loss_sum / max(self._loss_n, 1.0)
         self._loss_sum = self._loss_n = 0.0
-        print(f"[idrm] teacher fine-tune step {step}/{self.total_steps} (epoch {epoch + 1}/{self.spec.epochs}): "
-              f"loss {loss:.4f}, lr {lr:.2e}, {rate:.1f} examples/s, ETA {eta:.0f} s", flush=True)
+        console.progress("teacher fine-tune", step, self.total_steps, [
+            f"epoch {epoch + 1}/{self.spec.epochs}", f"loss {loss:.4f}", f"lr {lr:.2e}", f"{rate:.1f} examples/s"])
 
 
 def nli_train_loop(config: dict) -> None:
@@ -152,9 +152,9 @@ def nli_train_loop(config: dict) -> None:
                    "num_workers": strategy.world_size, **progress.lrs}
         metrics.update(_evaluate(engine, tokenizer, micro, spec.max_len, device, all_sum))
         if strategy.is_main:
-            print(f"[idrm] teacher fine-tune epoch {epoch + 1}/{spec.epochs} done in {train_s:.1f} s "
-                  f"(step {step}/{schedule.total_steps}): train loss {metrics['train_loss']:.4f}, "
-                  f"NLI accuracy {metrics['nli_accuracy']:.3f} on {metrics['eval_pairs']} held out", flush=True)
+            console.info(f"[idrm] teacher fine-tune epoch {epoch + 1}/{spec.epochs} done in {train_s:.1f} s "
+                         f"(step {step}/{schedule.total_steps}): train loss {metrics['train_loss']:.4f}, "
+                         f"NLI accuracy {metrics['nli_accuracy']:.3f} on {metrics['eval_pairs']} held out")
         _report(strategy, tokenizer, metrics)
 
 
@@ -167,7 +167,7 @@ def _encode(tokenizer, batch, max_len: int, device: torch.device):
         padding=True,
         return_tensors="pt",
     )
-    labels = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
+    labels = torch.tensor(batch["label"], dtype=torch.long, device=device)
     return {k: v.to(device) for k, v in inputs.items()}, labels
 
 

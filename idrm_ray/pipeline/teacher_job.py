@@ -6,6 +6,7 @@ from pathlib import Path
 
 import ray
 
+from idrm_ray import console
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.pipeline import cluster
 from idrm_ray.pipeline.assets import copy_tree, nli_examples
@@ -39,10 +40,10 @@ def finetune_teacher(cfg: TrainJobConfig, *, base_dir: str, out_dir: Path) -> tu
     scaling = cluster.teacher_finetune_scaling_config(cfg)
     schedule = LinearSchedule.plan(num_examples=len(train), batch_size=ft.batch_size, epochs=ft.epochs,
                                    warmup_ratio=ft.warmup_ratio)
-    print(f"[idrm] fine-tuning the NLI teacher from {base_dir} on {len(train)} pairs ({len(evals)} held out): "
-          f"{schedule.total_steps} steps of {ft.batch_size} ({ft.num_workers} worker(s) x "
-          f"{per_worker_batch(ft.batch_size, ft.num_workers)}), {schedule.warmup_steps} warmup, "
-          f"each worker {scaling.resources_per_worker}")
+    console.phase("teacher fine-tune", f"{base_dir} on {len(train)} NLI pairs ({len(evals)} held out): "
+                  f"{schedule.total_steps} steps of {ft.batch_size} ({ft.num_workers} worker(s) x "
+                  f"{per_worker_batch(ft.batch_size, ft.num_workers)}), {schedule.warmup_steps} warmup, "
+                  f"each worker {scaling.resources_per_worker}")
     result = cluster.fit(
         nli_train_loop,
         loop_config={"spec": spec_dict(spec)},
@@ -60,5 +61,5 @@ def finetune_teacher(cfg: TrainJobConfig, *, base_dir: str, out_dir: Path) -> tu
     metrics.update(nli_train_pairs=len(train), nli_unlabeled_dropped=report.nli_unlabeled_dropped,
                    nli_rows_skipped=report.rows_skipped)
     (out_dir / "nli_metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"[idrm] teacher NLI accuracy {metrics.get('nli_accuracy', float('nan')):.3f} -> {out_dir}")
+    console.info(f"[idrm] teacher NLI accuracy {metrics.get('nli_accuracy', float('nan')):.3f} -> {out_dir}")
     return str(out_dir), metrics

@@ -14,6 +14,7 @@ import ray
 import ray.train
 import torch
 
+from idrm_ray import console
 from idrm_ray.core.baselines import IBRewardHead, fold_ib_state
 from idrm_ray.core.objective import RewardForward, preference_loss
 from idrm_ray.core.peft_student import (
@@ -152,8 +153,8 @@ class _WorkerRun:
             return
         progress.nonfinite_skipped += 1
         progress.nonfinite_streak += 1
-        print(f"[idrm] WARNING: step {progress.step + 1} skipped: non-finite loss or gradients "
-              f"({progress.nonfinite_skipped} skipped so far)", flush=True)
+        console.warn(f"{self.spec.method}: step {progress.step + 1} skipped: non-finite loss or gradients "
+                     f"({progress.nonfinite_skipped} skipped so far)")
         if progress.nonfinite_streak >= self.spec.max_nonfinite_steps:
             raise FloatingPointError(
                 f"{progress.nonfinite_streak} consecutive non-finite losses or gradients, at step {progress.step + 1} "
@@ -171,7 +172,7 @@ class _WorkerRun:
             if self.wandb:
                 self.wandb.log(row, step=step)
             if self.strategy.rank == 0:
-                print(_progress_line(spec.method, step, spec.total_steps, row), flush=True)
+                console.progress(_progress_label(spec), step, spec.total_steps, _progress_fields(row))
         if self.done():
             return  # the final evaluation and checkpoint follow the loop
         due_eval = spec.eval_every and step % spec.eval_every == 0
@@ -259,11 +260,12 @@ class _WorkerRun:
                     self.strategy.load_state(ckpt.state_dir(d))
             except Exception as exc:  # noqa: BLE001 - any unreadable part: try the previous one
                 problems.append(f"{candidate.path}: {exc}")
-                print(f"[idrm] WARNING: cannot resume from checkpoint {candidate.path}: {exc}", flush=True)
+                console.warn(f"cannot resume from checkpoint {candidate.path}: {exc}")
                 continue
             if problems:
-                print(f"[idrm] WARNING: fell back to the previous good checkpoint {candidate.path}", flush=True)
-            print(f"[idrm] resumed at step {progress.step} (epoch {progress.epoch}, {progress.pairs_seen} pairs seen)")
+                console.warn(f"fell back to the previous good checkpoint {candidate.path}")
+            console.info(f"[idrm] {self.spec.method}: resumed at step {progress.step} (epoch {progress.epoch}, "
+                         f"{progress.pairs_seen} pairs seen)")
             return progress
         raise ckpt.CheckpointError(
             "no readable checkpoint to resume from; refusing to start over: " + "; ".join(problems))
@@ -302,13 +304,19 @@ def _load_student(spec: WorkerSpec, strategy):
     return model
 
 
-def _progress_line(method: str, step: int, total: int, row: dict) -> str:
-    parts = [f"[idrm {method}] step {step}/{total}", f"loss {row.get('loss', float('nan')):.4f}"]
+def _progress_label(spec: WorkerSpec) -> str:
+    """`<run folder>/<method> seed <s>`: unique among parallel runs (ensemble members differ
+    by seed); the console leaves off the job's own run folder name."""
+    return f"{spec.run_name}/{spec.method} seed {spec.seed}"
+
+
+def _progress_fields(row: dict) -> list[str]:
+    """The console's figures of a logged step (`console.progress` adds step, bar and ETA)."""
+    parts = [f"loss {row.get('loss', float('nan')):.4f}"]
     if "l_id" in row:
         parts.append(f"l_id {row['l_id']:.4f}")
-    parts += [f"acc {row.get('accuracy', float('nan')):.2f}", f"{row['pairs_per_s']:.1f} pairs/s",
-              f"wait {row['teacher_wait_fraction']:.0%}"]
-    return " | ".join(parts)
+    return [*parts, f"acc {row.get('accuracy', float('nan')):.2f}", f"{row['pairs_per_s']:.1f} pairs/s",
+            f"wait {row['teacher_wait_fraction']:.0%}"]
 
 
 def _wandb(spec: WorkerSpec) -> WandbLogger | None:

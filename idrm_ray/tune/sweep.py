@@ -33,6 +33,7 @@ from pathlib import Path
 
 import ray
 
+from idrm_ray import console
 from idrm_ray.config import derive, dump_config
 from idrm_ray.config.loader import CONFIG_DIR, dump_yaml
 from idrm_ray.config.plan import make_plan
@@ -129,7 +130,7 @@ def wandb_callbacks(cfg: TrainJobConfig, sweep_dir: Path) -> list:
     try:
         from ray.air.integrations.wandb import WandbLoggerCallback
     except ImportError as exc:  # wandb missing: the sweep runs without it
-        print(f"[idrm] sweep: W&B logging off ({exc})")
+        console.warn(f"sweep: W&B logging off ({exc})")
         return []
     wandb_dir = sweep_dir / "wandb"
     wandb_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +178,8 @@ def run_sweep(cfg: TrainJobConfig, lams=(0.4, 1.0), top_ns=(1, 2), *, sweep_dir:
                        "method.compare_bt": False, "method.name": "id"})
 
     train, evals, _ = load_data(cfg, sweep_dir)
+    console.run_folder(sweep_dir, f"[idrm] sweep in {sweep_dir}: λ {list(lams)} x N {list(top_ns)}, "
+                                  f"{len(train)} train pairs")
     cluster.init_ray(cfg.resources.ray_address)
     student_dir = prepare_student(cfg, sweep_dir)
     teacher_dir, _ = prepare_teacher(cfg, sweep_dir, needed=True)
@@ -185,17 +188,18 @@ def run_sweep(cfg: TrainJobConfig, lams=(0.4, 1.0), top_ns=(1, 2), *, sweep_dir:
 
     if use_cache:
         cache = build_cache(cfg, train=train, student_dir=student_dir, teacher_dir=teacher_dir, n_max=n_max)
-        print(f"[idrm] sweep: teacher maps for N_max={n_max} at {cache['path']} ({cache['rows']} rows, "
-              f"built now: {cache['built_now']}, {cache['build_s']:.1f} s)")
+        console.info(f"[idrm] sweep: teacher maps for N_max={n_max} at {cache['path']} ({cache['rows']} rows, "
+                     f"built now: {cache['built_now']}, {cache['build_s']:.1f} s)")
     else:
         cache = {"enabled": False, "path": None}
-        print("[idrm] sweep: no shared map cache; every trial runs the teacher over the data")
+        console.info("[idrm] sweep: no shared map cache; every trial runs the teacher over the data")
 
     concurrency = max_concurrent(cfg)
     plan = make_plan(cfg, len(train))
     asha = asha_schedule(plan.total_steps, plan.eval_every, reduction_factor=reduction_factor)
     if use_asha and asha["evals_per_trial"] < 2:
-        print("[idrm] sweep: one evaluation per trial, so ASHA cannot stop a trial early (off); set run.eval_every")
+        console.info("[idrm] sweep: one evaluation per trial, so ASHA cannot stop a trial early (off); "
+                     "set run.eval_every")
         use_asha = False
     param_space = {"lam": tune.grid_search(list(lams)), "top_n": tune.grid_search(list(top_ns))}
     if fail_once:
@@ -246,8 +250,8 @@ def run_sweep(cfg: TrainJobConfig, lams=(0.4, 1.0), top_ns=(1, 2), *, sweep_dir:
                "wandb_dir": str(sweep_dir / "wandb") if callbacks else None,
                "errors": [str(e)[:200] for e in grid.errors]}
     (sweep_dir / "sweep.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"[idrm] sweep done in {summary['wall_time_s']:.0f} s: {sweep_dir} "
-          f"({summary['asha']['stopped_early']} of {len(rows)} trials stopped early by ASHA)")
+    console.result_table(f"[idrm] sweep done in {summary['wall_time_s']:.0f} s: {sweep_dir} "
+                         f"({summary['asha']['stopped_early']} of {len(rows)} trials stopped early by ASHA)")
     return summary
 
 
