@@ -1,4 +1,4 @@
-"""The console (idrm_ray/console.py): what a progress task prints on a terminal and off it,
+"""The console (idrm_ray/console/): what a progress task prints on a terminal and off it,
 and the session that sends everything else to the run folder's driver.log."""
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_on_a_terminal_the_running_tasks_are_redrawn_in_place():
 def test_a_counter_without_total_shows_its_rate_on_close():
     view = ProgressView(live=False)
     quiet = "".join(view.count("teacher maps", 16, now=float(t), unit="pairs") for t in range(10))
-    assert quiet == ""  # under a minute: nothing yet off a terminal
+    assert quiet == ""  # under COUNT_EVERY_S (5 min): nothing yet off a terminal
     assert view.close_all() == "  teacher maps: 160 pairs (17.8/s, 9s)\n"
 
 
