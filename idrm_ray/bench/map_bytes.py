@@ -50,14 +50,14 @@ def long_pairs(count: int, *, rows_per_part: int = 40) -> list[PreferenceExample
 
 
 def parquet_bytes(maps: list[np.ndarray], num_blocks: int) -> int:
-    """Size of the map columns of these rows as the map cache writes them (`split_block_columns`
+    """Size of the map columns of these rows as the map cache writes them (`records.maps_to_blocks`
     then Ray Data's Parquet writer: its variable-shaped tensor extension, snappy)."""
     import pyarrow.parquet as pq
     from ray.data.block import BlockAccessor
 
-    from idrm_ray.pipeline.map_cache import split_block_columns
+    from idrm_ray.pipeline.records import maps_to_blocks
 
-    columns = split_block_columns({"teacher_maps": maps})
+    columns = maps_to_blocks({"teacher_maps": maps})
     table = BlockAccessor.batch_to_block({k: v for k, v in columns.items() if k.startswith("teacher_maps_k")})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "maps.parquet"

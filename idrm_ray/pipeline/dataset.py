@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, ExecutionResources
 from ray.train import DataConfig
 
 from idrm_ray.core.types import PreferenceExample
+from idrm_ray.pipeline.records import example_rows
 from idrm_ray.pipeline.stages import EncodeStage, TeacherStage
 
 
@@ -35,16 +35,7 @@ class StagePlacement:
 
 
 def examples_dataset(examples: list[PreferenceExample], *, num_blocks: int | None = None) -> ray.data.Dataset:
-    items = [
-        {
-            "pair_id": i,
-            "prompt": ex.prompt,
-            "chosen": ex.chosen,
-            "rejected": ex.rejected,
-            "margin": np.nan if ex.margin is None else float(ex.margin),
-        }
-        for i, ex in enumerate(examples)
-    ]
+    items = example_rows(examples)
     return ray.data.from_items(items, override_num_blocks=num_blocks or min(len(items), 16) or 1)
 
 

@@ -17,9 +17,8 @@ import torch
 
 from idrm_ray.core.teacher import block_maps_from_rows
 from idrm_ray.core.types import BlockMaps, PreferenceBatch
-from idrm_ray.pipeline.map_cache import BLOCK_PREFIX
 from idrm_ray.core.units import collate_pairs
-from idrm_ray.pipeline.records import STAT_PREFIX, batch_margins, batch_size, row_to_encoding
+from idrm_ray.pipeline.records import MAPS, STAT_PREFIX, batch_margins, batch_size, row_to_encoding
 
 
 @dataclass
@@ -81,12 +80,9 @@ def to_teacher_maps(batch: dict[str, Any], *, device: torch.device) -> BlockMaps
 
 
 def teacher_rows(batch: dict[str, Any]) -> list[np.ndarray]:
-    """Per-pair (N, U, U) maps: straight from the teacher stage, or stacked from the
-    per-block columns of the map cache (`teacher_maps_k0`, ...)."""
-    if "teacher_maps" in batch:
-        return list(batch["teacher_maps"])
-    blocks = sorted((k for k in batch if k.startswith(BLOCK_PREFIX)), key=lambda k: int(k[len(BLOCK_PREFIX):]))
-    return [np.stack([np.asarray(batch[k][i]) for k in blocks]) for i in range(batch_size(batch))]
+    """Per-pair (N, U, U) maps (from the teacher stage or read back from the map cache:
+    one form, `records.py`)."""
+    return list(batch[MAPS])
 
 
 def map_bytes_stats(batch: dict[str, Any], *, num_blocks: int) -> dict[str, float]:

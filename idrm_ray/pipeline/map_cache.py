@@ -4,8 +4,9 @@ decision 3; the Tune sweeps read it).
 
 Layout: `<cache_dir>/<key>/` holds Parquet files of the encoded stream with one column
 per distilled block (`teacher_maps_k0`, `teacher_maps_k1`, ...; k=0 the top block), so
-a run with N smaller than the cached N_max reads only its blocks; `_SUCCESS` marks a
-complete cache (written last, so an interrupted write is never read).
+a run with N smaller than the cached N_max reads only its blocks, and reads them back
+into the teacher stage's `teacher_maps` column (`records.py` owns both forms); `_SUCCESS`
+marks a complete cache (written last, so an interrupted write is never read).
 
 The key is a content hash of everything the maps depend on: the teacher's files
 (weights, config, tokenizer), the student's tokenizer files only (unit alignment; its
@@ -24,11 +25,10 @@ from pathlib import Path
 
 import ray
 
-from idrm_ray.core.types import AlignmentStats, PreferenceExample
-from idrm_ray.pipeline.records import ENCODING_COLUMNS, STAT_PREFIX
+from idrm_ray.core.types import PreferenceExample
+from idrm_ray.pipeline.records import blocks_to_maps, cache_columns, maps_to_blocks
 
 FORMAT_VERSION = "maps-v2"  # v2: maps over the valid units only (DESIGN.md decision 8)
-BLOCK_PREFIX = "teacher_maps_k"
 _HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".pt")
 # What a tokenizer is made of, as `save_pretrained` names it: fast and slow vocabularies,
 # BPE merges, sentencepiece (`tokenizer.model`, `spiece.model`) and tiktoken models, templates.
@@ -91,20 +91,6 @@ def cache_key(
     return h.hexdigest()[:24]
 
 
-def split_block_columns(batch: dict) -> dict:
-    """`teacher_maps` (per row (N, U, U)) -> one column per block k."""
-    out = {k: v for k, v in batch.items() if k != "teacher_maps"}
-    num_blocks = batch["teacher_maps"][0].shape[0] if len(batch["teacher_maps"]) else 0
-    for k in range(num_blocks):
-        out[f"{BLOCK_PREFIX}{k}"] = [m[k] for m in batch["teacher_maps"]]
-    return out
-
-
-def columns_for(num_blocks: int) -> list[str]:
-    stats = [STAT_PREFIX + name for name in AlignmentStats().as_dict()]
-    return [*ENCODING_COLUMNS, "pair_id", "margin", *stats, *(f"{BLOCK_PREFIX}{k}" for k in range(num_blocks))]
-
-
 def cached_blocks(path: Path) -> int:
     return int(json.loads((path / "_SUCCESS").read_text())["num_blocks"])
 
@@ -115,7 +101,7 @@ def read_or_build(stream_fn, *, root: str, key: str, num_blocks: int, needed: in
     path = Path(root) / key
     if not (path / "_SUCCESS").exists():
         tmp = Path(root) / f".{key}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-        stream_fn().map_batches(split_block_columns, batch_format="numpy", num_cpus=0.1).write_parquet(str(tmp))
+        stream_fn().map_batches(maps_to_blocks, batch_format="numpy", num_cpus=0.1).write_parquet(str(tmp))
         (tmp / "_SUCCESS").write_text(json.dumps({"num_blocks": num_blocks, "key": key}))
         _publish(tmp, path)
         print(f"[idrm] teacher maps cached at {path}")
@@ -123,7 +109,9 @@ def read_or_build(stream_fn, *, root: str, key: str, num_blocks: int, needed: in
         print(f"[idrm] teacher maps read from cache {path}")
     if needed > cached_blocks(path):
         raise ValueError(f"cache {path} holds {cached_blocks(path)} blocks, the run needs {needed}")
-    return ray.data.read_parquet(str(path), columns=columns_for(needed))
+    # Read back into the teacher stage's form: the workers see `teacher_maps` either way.
+    return ray.data.read_parquet(str(path), columns=cache_columns(needed)).map_batches(
+        blocks_to_maps, batch_format="numpy", num_cpus=0.1)
 
 
 def _publish(tmp: Path, path: Path) -> None:

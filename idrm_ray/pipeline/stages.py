@@ -13,8 +13,7 @@ import torch
 
 from idrm_ray.core.devices import torch_dtype
 from idrm_ray import console
-from idrm_ray.core.types import PreferenceExample
-from idrm_ray.pipeline.records import encoding_to_row
+from idrm_ray.pipeline.records import batch_examples, encoded_batch
 
 
 class EncodeStage:
@@ -41,17 +40,9 @@ class EncodeStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from idrm_ray.core.units import encode_pairs
 
-        examples = [
-            PreferenceExample(str(p), str(c), str(r))
-            for p, c, r in zip(batch["prompt"], batch["chosen"], batch["rejected"])
-        ]
+        examples = batch_examples(batch)
         encodings = encode_pairs(examples, self.student_tok, self.teacher_tok, **self.kwargs)
-        margins = batch.get("margin", np.full(len(examples), np.nan))
-        rows = [
-            encoding_to_row(enc, pair_id=int(pid), margin=None if np.isnan(m) else float(m))
-            for enc, pid, m in zip(encodings, batch["pair_id"], margins)
-        ]
-        return {key: _column([row[key] for row in rows]) for key in rows[0]}
+        return encoded_batch(encodings, examples, batch["pair_id"])
 
 
 class TeacherStage:
@@ -91,10 +82,3 @@ class TeacherStage:
         )
         console.count("teacher maps", len(out["teacher_maps"]), unit="pairs")
         return out
-
-
-def _column(values: list) -> Any:
-    """Scalars become a plain array; per-row arrays stay a list (ragged tensor column)."""
-    if isinstance(values[0], np.ndarray):
-        return values
-    return np.asarray(values)

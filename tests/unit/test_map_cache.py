@@ -8,7 +8,8 @@ import numpy as np
 
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.pipeline.ingest import teacher_rows
-from idrm_ray.pipeline.map_cache import cache_key, split_block_columns
+from idrm_ray.pipeline.map_cache import cache_key
+from idrm_ray.pipeline.records import MAP_BYTES, MAPS, blocks_to_maps, cache_columns, maps_to_blocks, pair_columns
 
 PAIRS = [PreferenceExample("Q: who?", " The cat.", " A dog."), PreferenceExample("Q: what?", " A ball.", " A book.")]
 ENCODE = {"student_tokenizer_dir": "/x", "teacher_tokenizer_dir": "/y", "student_max_len": 64, "teacher_max_len": 64}
@@ -90,13 +91,16 @@ def test_hub_id_counts_by_its_cached_revision(tmp_path, monkeypatch, capsys):
     assert unresolved == _key(teacher, "org/never-downloaded") and unresolved != first
     assert "no local snapshot of 'org/never-downloaded'" in capsys.readouterr().out
 
-def test_block_columns_round_trip():
+def test_block_columns_read_back_into_the_teacher_stage_form():
     maps = [np.random.rand(2, u, u).astype(np.float16) for u in (3, 5)]
-    batch = {"pair_id": np.arange(2), "teacher_maps": maps}
-    split = split_block_columns(batch)
-    assert "teacher_maps" not in split and {"teacher_maps_k0", "teacher_maps_k1"} <= set(split)
-    for got, want in zip(teacher_rows(split), maps):
+    batch = {"pair_id": np.arange(2), MAPS: maps, MAP_BYTES: np.array([m.nbytes for m in maps])}
+    split = maps_to_blocks(batch)
+    assert MAPS not in split and MAP_BYTES not in split and {"teacher_maps_k0", "teacher_maps_k1"} <= set(split)
+    back = blocks_to_maps(split)  # the cache's read-back: the same columns the teacher stage emits
+    assert set(back) == set(batch) and list(back[MAP_BYTES]) == list(batch[MAP_BYTES])
+    for got, want in zip(teacher_rows(back), maps):
         np.testing.assert_array_equal(got, want)
-    only_top = {k: v for k, v in split.items() if k != "teacher_maps_k1"}  # a run with N=1 reads k0 only
+    only_top = blocks_to_maps({k: v for k, v in split.items() if k != "teacher_maps_k1"})  # N=1 reads k0 only
     for got, want in zip(teacher_rows(only_top), maps):
         np.testing.assert_array_equal(got, want[:1])
+    assert cache_columns(1) == [*pair_columns(), "teacher_maps_k0"]

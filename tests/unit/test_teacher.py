@@ -456,7 +456,7 @@ def test_u8_rows_by_hand():
 
 def test_u8_rows_through_the_teacher_the_cache_columns_and_the_collate(teacher_dir, teacher_tokenizer):
     from idrm_ray.pipeline.ingest import map_bytes_stats, teacher_rows
-    from idrm_ray.pipeline.map_cache import split_block_columns
+    from idrm_ray.pipeline.records import blocks_to_maps, maps_to_blocks
 
     pairs = [make_pair(teacher_tokenizer, *t, group=True, invalid=(2,), seed=i) for i, t in enumerate(TEXTS)]
     fp16 = TeacherAttention(str(teacher_dir), device="cpu", top_n=2)
@@ -467,7 +467,7 @@ def test_u8_rows_through_the_teacher_the_cache_columns_and_the_collate(teacher_d
         assert b.dtype == np.uint8 and b.shape == (N, U, U + 2)
         assert (n16, n8) == (2 * N * U * U, N * U * (U + 2))  # 1 byte per entry + a 2-byte scale per row
     # The cache's per-block columns stack back to the same rows; the collate decodes them.
-    cached = split_block_columns({**out8, "pair_id": np.arange(3)})
+    cached = blocks_to_maps(maps_to_blocks({**out8, "pair_id": np.arange(3)}))
     rows = teacher_rows(cached)
     for a, b in zip(rows, out8["teacher_maps"]):
         np.testing.assert_array_equal(a, b)
