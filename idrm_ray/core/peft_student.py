@@ -26,6 +26,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_utils import set_zero3_state
 
 from idrm_ray.core.capture import decoder_layers
 from idrm_ray.core.reward_model import VALUE_HEAD_PREFIX, backbone, value_head
@@ -186,7 +187,8 @@ def save_adapter(out_dir: str | Path, state: dict[str, torch.Tensor], settings: 
 
 
 def plain_skeleton(model: PreTrainedModel) -> PreTrainedModel:
-    """The model's plain HF class on the meta device (no memory, no ZeRO-3 init): what a
-    merged state dict is saved through, since the LoRA-injected module has other keys."""
-    with torch.device("meta"):
+    """The model's plain HF class on the meta device (no memory): what a merged state dict is
+    saved through, since the LoRA-injected module has other keys. `set_zero3_state` tells
+    transformers' nested `from_config` (the backbone) that ZeRO-3 init is not wanted here."""
+    with torch.device("meta"), set_zero3_state():
         return type(model)(copy.deepcopy(model.config))

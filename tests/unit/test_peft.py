@@ -239,3 +239,19 @@ def test_preflight_passes_what_fits(llama_dir):
     cfg = load_config(TrainJobConfig, preset="tiny", overrides=[
         f"student.name_or_path={llama_dir}", "student.train_top_blocks=2", "student.lora.r=4"])
     check_models(cfg, needs_teacher=False)
+
+
+def test_skeleton_is_plain_and_empty_under_zero3(student_tokenizer, tmp_path):
+    """Under ZeRO-3 (transformers' HfDeepSpeedConfig alive, as in a ZeRO-3 worker) the
+    skeleton must not be partitioned by zero.Init: it is only the saving shell of the merge."""
+    integrations = pytest.importorskip("transformers.integrations")
+    model = apply_peft(_student(student_tokenizer), LORA)
+    merged = merge_lora_state(model.state_dict(), LORA)
+    keep = integrations.HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    assert integrations.is_deepspeed_zero3_enabled()
+    skeleton = plain_skeleton(model)
+    assert all(p.is_meta and not hasattr(p, "ds_id") for p in skeleton.parameters())
+    save_reward_model(skeleton, student_tokenizer, tmp_path, state_dict=merged)
+    del keep
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).state_dict()
+    assert all(torch.equal(reloaded[k], merged[k]) for k in merged)
