@@ -160,7 +160,8 @@ def test_soak_mixed_traffic_has_no_5xx_and_clear_refusals(server, tmp_path, caps
     """A short soak (16 s) of the live server: valid requests of varied size and length
     mixed with every invalid case (serve/soak.py), replica RSS sampled each second."""
     from idrm_ray.serve.protocol import Limits
-    from idrm_ray.serve.soak import invalid_cases, run_soak, serve_pids
+    from idrm_ray.serve.soak import run_soak, serve_pids
+    from idrm_ray.serve.soak_cases import invalid_cases
 
     cfg, handle = server
     s = cfg.server

@@ -9,7 +9,9 @@ import os
 import pytest
 
 from idrm_ray.serve.protocol import Limits, RequestError, parse_reward_request
-from idrm_ray.serve.soak import Record, invalid_cases, read_rss, summarize, valid_cases, write_report
+from idrm_ray.serve.soak import read_rss
+from idrm_ray.serve.soak_cases import Record, invalid_cases, valid_cases
+from idrm_ray.serve.soak_report import summarize, write_report
 
 LIMITS = Limits(max_body_bytes=65536, max_batch=8, max_query_chars=20_000)
 SETTINGS = {"base_url": "http://127.0.0.1:1", "duration_s": 20, "window_s": 10, "warmup_s": 5, "clients": 2,
