@@ -88,7 +88,7 @@ def add_eval_commands(sub) -> None:
 
 
 def _eval_options(args: argparse.Namespace):
-    from idrm_ray.eval.runner import EvalOptions
+    from idrm_ray.eval.model import EvalOptions
 
     names = [f for f in EvalOptions.__dataclass_fields__ if f not in ("checkpoint", "data")]
     return EvalOptions(checkpoint=args.checkpoint, data=tuple(args.data), **{n: getattr(args, n) for n in names})
@@ -98,7 +98,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from idrm_ray.data import DataError, format_data_error
     from idrm_ray.data.errors import one_line
     from idrm_ray.eval.report import ReportError
-    from idrm_ray.eval.runner import EvalError
+    from idrm_ray.eval.model import EvalError
 
     try:
         if args.command == "report":

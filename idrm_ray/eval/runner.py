@@ -20,166 +20,26 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from idrm_ray.eval.bestofn import CompletionSet, encode_completions, split_scores
+from idrm_ray.core.scoring import pair_outcomes, split_pairs
+from idrm_ray.eval.baseline import compare_baseline, compare_bestofn_baseline
+from idrm_ray.eval.bestofn import CompletionSet, split_scores
+from idrm_ray.eval.dataset_report import write_dataset_figures, write_eval_report
 from idrm_ray.eval.layouts import EvalSet, load_eval_set
-from idrm_ray.eval.results import accuracy_metrics, headline, read_scores, write_scores
-from idrm_ray.core.scoring import RewardScorer, encode_with_stats, pair_outcomes, split_pairs
-from idrm_ray.eval.significance import compare_models
-
-DEFAULT_MAX_LEN = 1024
-
-
-class EvalError(ValueError):
-    """Bad eval request (not bad data): printed as one line by the CLI."""
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    checkpoint: str
-    data: tuple[str, ...]
-    layout: str = "auto"
-    split: str | None = None
-    render: str = "auto"  # hh: RewardBench prompts as one HH turn; raw: as they are; auto: raw for chat-trained
-    output_dir: str | None = None
-    label: str | None = None  # the model's name in reports (default: run/method or dir name)
-    max_pairs: int | None = None
-    skip_bad_rows: bool = False
-    max_len: int | None = None  # None: the run's student.max_len, else 1024
-    template: tuple[str, str, str] | str | None = None  # "chat" or a tuple; None: as the checkpoint was trained
-    batch_size: int = 16
-    device: str = "auto"
-    dtype: str = "auto"
-    use_ray: bool = False  # score with a Ray Data actor pool of the Ray the caller started
-    ray_concurrency: int = 1
-    ray_gpus: float = 0.0
-    baseline: str | None = None  # a checkpoint, or an eval folder holding scores.jsonl
-    pair_score: str = "prob"
-    n_boot: int = 2000
-    seed: int = 0
-    diagnostics: bool = False
-    diag_pairs: int = 64
-    token_view_pair: int | None = None  # index into the data set; None: the first diagnosed pair
-
-
-# -- checkpoints ------------------------------------------------------------------------------
-
-
-def run_config_of(checkpoint: str) -> tuple[dict, str | None]:
-    """The training run's config (`<run>/config.yaml`, JSON) of a `<run>/<method>/checkpoint`."""
-    ckpt = Path(checkpoint)
-    for path in (ckpt.parent.parent / "config.yaml", ckpt.parent / "config.yaml"):
-        if path.is_file():
-            import yaml
-
-            return yaml.safe_load(path.read_text()) or {}, str(path)
-    return {}, None
-
-
-def default_label(checkpoint: str) -> str:
-    ckpt = Path(checkpoint.rstrip("/"))
-    if ckpt.name == "checkpoint" and ckpt.parent.name:
-        return f"{ckpt.parent.parent.name}/{ckpt.parent.name}"
-    return ckpt.name or checkpoint
-
-
-def default_output_dir(checkpoint: str) -> Path:
-    ckpt = Path(checkpoint.rstrip("/"))
-    if ckpt.name == "checkpoint" and ckpt.is_dir():
-        return ckpt.parent / "eval"
-    return Path("eval") / (ckpt.name or "model")
-
-
-def checkpoint_render(checkpoint: str, run_cfg: dict) -> dict:
-    """How the checkpoint's student read its text: the `render` its metadata records (DESIGN.md
-    decision 9), else the run's config.yaml (older checkpoints). `template` is what
-    `encode_pairs` takes: "chat", a (prefix, separator, suffix) tuple, or None."""
-    from idrm_ray.core.reward_model import read_metadata
-
-    saved = read_metadata(checkpoint).get("render")
-    student = run_cfg.get("student", {})
-    source = saved if saved is not None else {
-        "chat_template": student.get("chat_template", False),
-        "template": [(student.get("template") or {}).get(k, "") for k in ("prefix", "separator", "suffix")],
-        "max_len": student.get("max_len"),
-    }
-    parts = tuple(source.get("template") or ("", "", ""))
-    template = "chat" if source.get("chat_template") else (parts if any(parts) else None)
-    return {"template": template, "max_len": source.get("max_len"), "chat_template": bool(source.get("chat_template")),
-            "recorded": saved is not None}
-
-
-class LoadedModel:
-    """A checkpoint with its tokenizer and its encoding settings."""
-
-    def __init__(self, checkpoint: str, opts: EvalOptions) -> None:
-        from idrm_ray.core.reward_model import load_student_tokenizer
-
-        cfg, self.config_path = run_config_of(checkpoint)
-        render = checkpoint_render(checkpoint, cfg)
-        self.checkpoint = checkpoint
-        self.max_len = int(opts.max_len or render["max_len"] or DEFAULT_MAX_LEN)
-        if opts.template is not None and render["recorded"] and (opts.template == "chat") != render["chat_template"]:
-            trained = "chat-templated text" if render["chat_template"] else "raw prompt + response"
-            raise EvalError(f"{checkpoint} was trained on {trained} (its metadata records it): --template "
-                            f"{opts.template!r} would score text it never saw; drop --template")
-        self.template = opts.template if opts.template is not None else render["template"]
-        self.opts = opts
-        try:  # a path that is not a model is bad input, not a crash
-            self.tokenizer = load_student_tokenizer(checkpoint)
-            self.scorer: RewardScorer | None = None if opts.use_ray else self.local_scorer()
-        except (OSError, ValueError) as exc:
-            raise EvalError(f"cannot load checkpoint {checkpoint}: {type(exc).__name__}: {exc}") from exc
-
-    def local_scorer(self) -> RewardScorer:
-        """The in-process scorer (sdpa); with --ray one is made for the diagnostics only."""
-        o = self.opts
-        return RewardScorer(self.checkpoint, device=o.device, dtype=o.dtype, batch_size=o.batch_size)
-
-    def encode(self, evals: EvalSet | CompletionSet) -> tuple[list[np.ndarray], dict[str, int]]:
-        """Pairs: [chosen_0, rejected_0, ...]; a CompletionSet: every completion in order."""
-        if isinstance(evals, CompletionSet):
-            return encode_completions(evals, self.tokenizer, max_len=self.max_len, template=self.template)
-        return encode_with_stats(evals.examples, self.tokenizer, max_len=self.max_len, template=self.template)
-
-    def score(self, seqs: list[np.ndarray]) -> np.ndarray:
-        if self.scorer is not None:
-            return self.scorer.score(seqs)
-        from idrm_ray.eval.ray_scoring import score_with_ray
-
-        o = self.opts
-        return score_with_ray(
-            self.checkpoint,
-            seqs,
-            batch_size=o.batch_size,
-            concurrency=o.ray_concurrency,
-            num_gpus=o.ray_gpus,
-            dtype=o.dtype,
-        )
-
-    def settings(self) -> dict:
-        return {
-            "checkpoint": self.checkpoint,
-            "max_len": self.max_len,
-            "template": self.template,
-            "run_config": self.config_path,
-        }
-
-
-# -- baseline ---------------------------------------------------------------------------------
-
-
-def _baseline_scores_file(baseline: str, name: str) -> Path | None:
-    root = Path(baseline)
-    for path in (root / name / "scores.jsonl", root / "scores.jsonl"):
-        if path.is_file():
-            return path
-    return None
-
+from idrm_ray.eval.model import (
+    EvalError,
+    EvalOptions,
+    LoadedModel,
+    checkpoint_render,
+    default_label,
+    default_output_dir,
+    run_config_of,
+)
+from idrm_ray.eval.results import accuracy_metrics, headline, write_scores
 
 # -- the command ------------------------------------------------------------------------------
 
@@ -194,8 +54,6 @@ def _unique_dir(root: Path, name: str, taken: set[str]) -> Path:
 
 def run_eval(opts: EvalOptions) -> dict:
     """Score every `opts.data` source; returns the eval summary (also written to disk)."""
-    from idrm_ray.eval import report
-
     if not opts.data:
         raise EvalError("no eval data: pass --data (a file, folder or hub id) at least once")
     if opts.token_view_pair is not None and not opts.diagnostics:
@@ -217,7 +75,7 @@ def run_eval(opts: EvalOptions) -> dict:
         _attention_diagnostics(opts, model, done)
     for folder, results, _ in done:
         (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
-        report.write_dataset_figures(folder, results)
+        write_dataset_figures(folder, results)
     summary = {
         "label": label,
         "checkpoint": opts.checkpoint,
@@ -225,7 +83,7 @@ def run_eval(opts: EvalOptions) -> dict:
         "datasets": {folder.name: headline(results) for folder, results, _ in done},
     }
     (out_root / "eval_summary.json").write_text(json.dumps(summary, indent=2))
-    report.write_eval_report(out_root, [r for _, r, _ in done], label=label)
+    write_eval_report(out_root, [r for _, r, _ in done], label=label)
     print(f"[idrm] report: {out_root / 'report.md'}")
     return summary
 
@@ -262,7 +120,7 @@ def _evaluate_one(opts: EvalOptions, model: LoadedModel, evals: EvalSet | Comple
     write_scores(folder / "scores.jsonl", evals, r_w, r_l)
     print(f"[idrm] {folder.name}: accuracy {results['accuracy']:.4f} on {len(evals)} pairs ({seconds:.1f} s)")
     if opts.baseline:
-        results["significance"] = _compare_baseline(opts, evals, folder.name, (r_w, r_l))
+        results["significance"] = compare_baseline(opts, evals, folder.name, (r_w, r_l))
     if not opts.diagnostics:
         return folder, results, None
     from idrm_ray.eval.diagnostics import masking_curve
@@ -305,7 +163,7 @@ def _evaluate_bestofn(opts: EvalOptions, model: LoadedModel, cset: CompletionSet
     write_bon_scores(folder / "scores.jsonl", cset, scores)
     print(f"[idrm] {folder.name}: {_official_line(results)} ({len(cset)} prompts, {seconds:.1f} s)")
     if opts.baseline:
-        results["significance"] = _compare_bestofn_baseline(opts, cset, folder.name, scores)
+        results["significance"] = compare_bestofn_baseline(opts, cset, folder.name, scores)
     if opts.diagnostics:
         print(f"[idrm] {folder.name}: attention diagnostics are pairwise; skipped for a best-of-N set")
     return folder, results, None
@@ -316,31 +174,6 @@ def _official_line(results: dict) -> str:
     from idrm_ray.eval.bon_results import bestofn_headline
 
     return ", ".join(f"{k} {v:.4f}" for k, v in bestofn_headline(results).items())
-
-
-def _compare_bestofn_baseline(opts: EvalOptions, cset: CompletionSet, name: str, scores: list) -> dict:
-    from idrm_ray.eval.bon_results import is_bon_scores, read_bon_scores, significance_inputs
-    from idrm_ray.eval.significance import compare_prompt_outcomes
-
-    scores_file = _baseline_scores_file(opts.baseline, name)
-    if scores_file is not None:
-        base = read_bon_scores(scores_file) if is_bon_scores(scores_file) else None
-        if base is None or base["ids"] != cset.ids or [len(s) for s in base["scores"]] != [c.n for c in cset.items]:
-            raise EvalError(f"{scores_file}: its prompts or completions differ from {cset.source}")
-        b_scores, source = base["scores"], str(scores_file)
-    elif Path(opts.baseline, "config.json").is_file() or not Path(opts.baseline).exists():
-        other = LoadedModel(opts.baseline, opts)
-        b_scores, source = split_scores(other.score(other.encode(cset)[0]), cset), opts.baseline
-    else:
-        raise EvalError(
-            f"--baseline {opts.baseline}: neither a checkpoint (config.json) "
-            f"nor an eval folder with {name}/scores.jsonl"
-        )
-    k = [c.num_correct for c in cset.items]
-    a = significance_inputs(cset.layout, cset.groups, cset.ids, scores, k, opts.pair_score)
-    b = significance_inputs(cset.layout, cset.groups, cset.ids, b_scores, k, opts.pair_score)
-    out = compare_prompt_outcomes(a, b, n_boot=opts.n_boot, seed=opts.seed)
-    return {"baseline": source, "baseline_label": default_label(opts.baseline), **out}
 
 
 def _options_dict(opts: EvalOptions) -> dict:
@@ -356,29 +189,6 @@ def _diag_indices(n: int, opts: EvalOptions) -> np.ndarray:
             raise EvalError(f"--token-view-pair {opts.token_view_pair} is out of range: the data set has {n} pairs")
         idx = np.unique(np.append(idx, opts.token_view_pair))
     return idx
-
-
-def _compare_baseline(opts: EvalOptions, evals: EvalSet, name: str, ours: tuple[np.ndarray, np.ndarray]) -> dict:
-    scores_file = _baseline_scores_file(opts.baseline, name)
-    if scores_file is not None:
-        ids, b_w, b_l = read_scores(scores_file)
-        if ids != evals.ids:
-            raise EvalError(
-                f"{scores_file}: its pairs differ from {evals.source} "
-                f"({len(ids)} vs {len(evals)} pairs, or another order)"
-            )
-        source = str(scores_file)
-    elif Path(opts.baseline, "config.json").is_file() or not Path(opts.baseline).exists():
-        other = LoadedModel(opts.baseline, opts)
-        b_w, b_l = split_pairs(other.score(other.encode(evals)[0]))
-        source = opts.baseline
-    else:
-        raise EvalError(
-            f"--baseline {opts.baseline}: neither a checkpoint (config.json) "
-            f"nor an eval folder with {name}/scores.jsonl"
-        )
-    out = compare_models(ours, (b_w, b_l), score=opts.pair_score, n_boot=opts.n_boot, seed=opts.seed)
-    return {"baseline": source, "baseline_label": default_label(opts.baseline), **out}
 
 
 def _attention_diagnostics(opts: EvalOptions, model: LoadedModel, done: list) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from idrm_ray.core import tiny
 from idrm_ray.core.reward_model import save_reward_model
-from idrm_ray.eval.runner import EvalError, EvalOptions, LoadedModel, _prompt_render
+from idrm_ray.eval.model import EvalError, EvalOptions, LoadedModel
+from idrm_ray.eval.runner import _prompt_render
 
 CHAT = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
 
