@@ -131,3 +131,29 @@ def test_sdpa_and_eager_rewards_agree_and_padding_side_does_not_matter(model, ba
         torch.testing.assert_close(other, eager, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(alone[0], eager[short], atol=1e-4, rtol=1e-4)
     assert eager.std() > 1e-3  # distinct sequences, distinct rewards: the comparison is not vacuous
+
+
+def test_capture_sees_lora_adapted_projections(model, batch):
+    """LoRA (issue 14 §1) on the top 2 blocks' q/k/v/o with lora_B random (peft starts it at
+    zero): the captured Q/K are still exactly what the adapted eager attention consumed, and
+    they differ from the base model's, so ID steers the adapters."""
+    import copy
+
+    from idrm_ray.core.peft_student import PeftSettings, apply_peft
+
+    ids, mask = batch.input_ids, batch.attention_mask
+    _, base_qk, _ = _forward_with_attentions(model, ids, mask, 2)
+    adapted = apply_peft(copy.deepcopy(model), PeftSettings(train_top_blocks=2, lora_r=8,
+                                                             lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj")))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if ".lora_B." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    _, qk, attentions = _forward_with_attentions(adapted.eval(), ids, mask, 2)
+    real = mask.bool()
+    for k in range(2):
+        ours = _probs_from_capture(qk.q[k], qk.k[k], mask, qk.scaling)
+        eager = attentions[29 - k].float()
+        torch.testing.assert_close(ours.transpose(1, 2)[real], eager.transpose(1, 2)[real], atol=2e-5, rtol=1e-4)
+        assert (qk.q[k] - base_qk.q[k]).abs().max() > 1e-2

@@ -255,3 +255,17 @@ def test_skeleton_is_plain_and_empty_under_zero3(student_tokenizer, tmp_path):
     del keep
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).state_dict()
     assert all(torch.equal(reloaded[k], merged[k]) for k in merged)
+
+
+def test_peft_step_benchmark_quick_smoke(capsys):
+    """`python -m idrm_ray.bench.peft_step --quick` end to end (STYLE.md 9): the frozen students
+    train fewer parameters and hold less between steps than full fine-tuning."""
+    from idrm_ray.bench import peft_step
+
+    res = peft_step.main(["--quick", "--length", "32"])
+    full, lora, top = res["full"], res["LoRA r=8"], res["top-4"]
+    assert full["trainable"] == full["total"] > top["trainable"] > lora["trainable"] > 0
+    assert full["resident_bytes"] > top["resident_bytes"] and full["resident_bytes"] > lora["resident_bytes"]
+    assert all(t > 0 for r in res.values() for t in r["time_s"].values())
+    out = capsys.readouterr().out
+    assert "ID/full" in out and "LoRA r=8" in out and "top-4" in out
