@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from idrm_ray.core.method_kind import METHODS, method_kind
 
 TABLE2_METHODS = ("bt", "am", "lf", "warm", "inform", "id")
-DEFAULT_METHODS = ("bt", "am", "lf", "warm", "inform", "id", "id+am", "id+lf", "id+warm")
+DEFAULT_METHODS = METHODS  # `all`: every method
 ABLATIONS = ("id-no-intra", "id-no-inter", "id-no-nli", "id-alt-teacher")
 
 

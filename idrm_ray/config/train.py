@@ -334,7 +334,7 @@ class EnsembleConfig:
 class MethodConfig:
     """Which reward-model objective to train: ID-RM, the paper's baselines and their combinations."""
 
-    name: Literal["bt", "id", "am", "lf", "warm", "inform", "id+am", "id+lf", "id+warm"] = param(
+    name: Literal[METHODS] = param(
         "id", "`bt`: Bradley-Terry (Eq. 2); `id`: BT + λ·L_ID (Eq. 3); baselines `am`, `lf`, `warm`, `inform` "
               "(METHOD.md §10); `id+am`, `id+lf`, `id+warm`: ID combined with them (Table 3).")
     compare_bt: bool = param(False, "With any method but bt, also train a BT student on the same data and report both.")

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 __all__ = ["BASES", "METHODS", "MethodKind", "method_kind"]
 
 BASES = ("bt", "am", "lf", "warm", "inform")
-METHODS = ("bt", "id", "am", "lf", "warm", "inform", "id+am", "id+lf", "id+warm")
+# Every method, in the order of the paper's tables (compare's `all`): baselines, ID, ID combined.
+METHODS = ("bt", "am", "lf", "warm", "inform", "id", "id+am", "id+lf", "id+warm")
 
 # Bases whose final model is built from an ensemble's members (a second stage after them).
 _FROM_MEMBERS = ("lf", "warm")
