@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. method.id.lam=0.8")
         p.add_argument("--verbose", action="store_true",
                        help="show Ray's and the libraries' output on the console (default: <run folder>/logs/)")
+        if name == "train":
+            p.add_argument("--local", action="store_true",
+                           help="train in this process: one worker, no Ray Train (debugging; same as run.local=true)")
         if name == "tune":
             p.add_argument("--lams", default="0.4,1.0", help="comma-separated λ grid")
             p.add_argument("--top-ns", default="1,2", help="comma-separated N grid")
@@ -72,6 +75,8 @@ def load_train_config(args: argparse.Namespace) -> TrainJobConfig:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"run.output_dir={args.output_dir}")
+    if getattr(args, "local", False):
+        overrides.append("run.local=true")
     preset = args.preset or (None if args.config else "tiny")
     if args.command == "compare" and preset == "tiny" and not args.config:
         from idrm_ray.compare.job import EMBEDDED_DEFAULTS

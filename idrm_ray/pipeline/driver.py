@@ -21,7 +21,7 @@ from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.core.method_kind import method_kind
 from idrm_ray.core.objective import BTSettings, IDSettings
 from idrm_ray.data import bundled_path, load_preferences
-from idrm_ray.pipeline import cluster, map_cache, outputs, preflight
+from idrm_ray.pipeline import cluster, local_run, map_cache, outputs, preflight
 from idrm_ray.pipeline.assets import prepare_student, prepare_teacher, validate_teacher_data
 from idrm_ray.pipeline.checkpointing import model_dir as ckpt_model_dir
 from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset, teacher_stream
@@ -122,8 +122,7 @@ def run_train(cfg: TrainJobConfig) -> dict:
     validate_teacher_data(cfg, needed=cfg.method.distills)  # NLI data too, before Ray starts
     console.run_folder(run_dir, f"[idrm] run folder {run_dir}: {len(train)} train / {len(evals)} eval pairs, "
                                 f"methods {methods}")
-    cluster.init_ray(cfg.resources.ray_address)
-    preflight.check_before_workers(cfg, job="train")  # models + cluster, before any worker
+    _start(cfg)
     student_dir = prepare_student(cfg, run_dir)
     teacher_dir, teacher_metrics = prepare_teacher(cfg, run_dir, needed=cfg.method.distills)
     runs = []
@@ -142,36 +141,34 @@ def run_train(cfg: TrainJobConfig) -> dict:
     return summary
 
 
+def _start(cfg: TrainJobConfig) -> None:
+    """Ray and the checks before any worker (models + cluster); a local run (`run.local`,
+    the NLI fine-tune in this process too) checks the models and starts no Ray."""
+    if cfg.run.local:
+        preflight.check_models(cfg, needs_teacher=cfg.method.distills, needs_student=True)
+        return
+    cluster.init_ray(cfg.resources.ray_address)
+    preflight.check_before_workers(cfg, job="train")
+
+
 def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_dir: Path,
               out_name: str | None = None, spec_overrides: dict | None = None, keep_checkpoints: bool = False,
               callbacks: list | None = None) -> dict:
-    """One TorchTrainer run of `method` over `train`; its folder is run_dir/(out_name or method).
-    `keep_checkpoints`: the row also lists every kept checkpoint's model directory (WARM's
-    checkpoint-average variant)."""
+    """One run of `method` over `train` (a TorchTrainer, or this process with `run.local`);
+    its folder is run_dir/(out_name or method). `keep_checkpoints`: the row also lists every
+    kept checkpoint's model directory (WARM's checkpoint-average variant)."""
     from idrm_ray.core.reward_model import cached_tokenizer
 
     out_name = out_name or method
     tokenizer = cached_tokenizer(student_dir)  # pad = EOS where the student has no pad token
     spec = worker_spec(cfg, plan, method=method, student_dir=student_dir, pad_id=tokenizer.pad_token_id,
                        run_dir=run_dir, **(spec_overrides or {}))
-    distill = spec.id_settings is not None
-    placement = cluster.stage_placement(cfg)
     encode_kwargs = encode_kwargs_for(cfg, student_dir, teacher_dir)
-    # Units only matter where teacher maps are compared: BT training and every eval encode
-    # with the student tokenizer standing in for the teacher (identity units, no extra tokenizing).
-    student_only = {**encode_kwargs, "teacher_tokenizer_dir": None}
-    train_kwargs = encode_kwargs if distill else student_only
-    train_ds = encoded_stream(examples_dataset(train), encode_kwargs=train_kwargs, placement=placement)
-    if distill:
-        train_ds = teacher_maps_stream(cfg, train_ds, train=train, teacher_dir=teacher_dir, student_dir=student_dir,
-                                       encode_kwargs=encode_kwargs, placement=placement)
-    eval_ref = ray.put(encode_eval(evals, student_only))
+    name = f"{run_dir.name}-{out_name}".replace("+", "_").replace("/", "-")
     t0 = time.perf_counter()
-    result = cluster.fit(
-        _loop(), loop_config={"spec": spec.to_dict(), "eval_ref": eval_ref}, datasets={"train": train_ds},
-        cfg=cfg, run_dir=run_dir, callbacks=callbacks,
-        name=f"{run_dir.name}-{out_name}".replace("+", "_").replace("/", "-"),
-    )
+    fit = _fit_local if cfg.run.local else _fit_ray
+    result = fit(cfg, spec, train=train, evals=evals, teacher_dir=teacher_dir, encode_kwargs=encode_kwargs,
+                 run_dir=run_dir, name=name, callbacks=callbacks)
     if result.error is not None:
         raise result.error
     row = outputs.collect_method(run_dir / out_name, result, method=method, wall_s=time.perf_counter() - t0)
@@ -180,22 +177,58 @@ def train_one(cfg, plan, *, method, student_dir, teacher_dir, train, evals, run_
     return row
 
 
+def _fit_ray(cfg, spec: WorkerSpec, *, train, evals, teacher_dir, encode_kwargs: dict, run_dir: Path, name: str,
+             callbacks):
+    """The Ray Data stream (encode -> teacher maps) into a TorchTrainer of the worker loop."""
+    distill, placement = spec.id_settings is not None, cluster.stage_placement(cfg)
+    # Units only matter where teacher maps are compared: BT training and every eval encode
+    # with the student tokenizer standing in for the teacher (identity units, no extra tokenizing).
+    student_only = {**encode_kwargs, "teacher_tokenizer_dir": None}
+    train_ds = encoded_stream(examples_dataset(train), encode_kwargs=encode_kwargs if distill else student_only,
+                              placement=placement)
+    if distill:
+        train_ds = teacher_maps_stream(cfg, train_ds, train=train, teacher_dir=teacher_dir,
+                                       student_dir=spec.student_dir, encode_kwargs=encode_kwargs, placement=placement)
+    eval_ref = ray.put(encode_eval(evals, student_only))
+    return cluster.fit(_loop(), loop_config={"spec": spec.to_dict(), "eval": eval_ref}, datasets={"train": train_ds},
+                       cfg=cfg, run_dir=run_dir, callbacks=callbacks, name=name)
+
+
+def _fit_local(cfg, spec: WorkerSpec, *, train, evals, teacher_dir, encode_kwargs: dict, run_dir: Path, name: str,
+               callbacks):
+    """The same stages and worker loop in this process (`run.local`): no Ray Train, world size 1."""
+    if callbacks:
+        raise ValueError("run.local=true trains in this process: Ray Tune's callbacks need Ray Train runs")
+    distill = spec.id_settings is not None
+    student_only = {**encode_kwargs, "teacher_tokenizer_dir": None}
+    shard = local_run.local_shard(
+        train, encode_kwargs=encode_kwargs if distill else student_only, placement=cluster.stage_placement(cfg),
+        teacher_kwargs=teacher_kwargs_for(cfg, teacher_dir, top_n=cfg.method.id.top_n) if distill else None)
+    return local_run.fit_local(_loop(), loop_config={"spec": spec.to_dict(), "eval": encode_eval(evals, student_only)},
+                               shards={"train": shard}, storage=Path(cluster.storage_path(cfg, run_dir)) / name,
+                               keep=cfg.run.keep_checkpoints)
+
+
+def teacher_kwargs_for(cfg: TrainJobConfig, teacher_dir: str, *, top_n: int) -> dict:
+    """The teacher stage's settings: rows renormalised over the kept keys of each half
+    (separate) or of both (joint), METHOD.md §6; the plan's teacher dtype (teacher.dtype;
+    auto: fp16 on teacher GPUs, fp32 on CPU)."""
+    return dict(teacher_path=teacher_dir, top_n=top_n, renormalize=cfg.method.id.mode,
+                head_renorm=cfg.method.id.teacher_head_renorm, map_format=cfg.teacher.map_format,
+                dtype=teacher_dtype(cfg))
+
+
 def teacher_maps_stream(cfg, encoded, *, train, teacher_dir, student_dir, encode_kwargs, placement):
     """The teacher stage over the encoded stream, or the map cache when configured."""
-    # Rows renormalised over the kept keys of each half (separate) or of both (joint), METHOD.md §6.
-    renormalize, head_renorm = cfg.method.id.mode, cfg.method.id.teacher_head_renorm
     top_n = cfg.method.id.top_n
-    dtype = teacher_dtype(cfg)  # teacher.dtype; auto: fp16 on teacher GPUs, fp32 on CPU (the plan's)
     if not cfg.teacher.cache_dir:
-        kwargs = dict(teacher_path=teacher_dir, top_n=top_n, renormalize=renormalize, head_renorm=head_renorm,
-                      map_format=cfg.teacher.map_format, dtype=dtype)
+        kwargs = teacher_kwargs_for(cfg, teacher_dir, top_n=top_n)
         return teacher_stream(encoded, teacher_kwargs=kwargs, placement=placement)
     n_max = max(cfg.teacher.cache_blocks, top_n)
     key = map_cache.cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train,
-                              encode_kwargs=encode_kwargs, num_blocks=n_max, renormalize=renormalize,
-                              head_renorm=head_renorm, map_format=cfg.teacher.map_format)
-    kwargs = dict(teacher_path=teacher_dir, top_n=n_max, renormalize=renormalize, head_renorm=head_renorm,
-                  map_format=cfg.teacher.map_format, dtype=dtype)
+                              encode_kwargs=encode_kwargs, num_blocks=n_max, renormalize=cfg.method.id.mode,
+                              head_renorm=cfg.method.id.teacher_head_renorm, map_format=cfg.teacher.map_format)
+    kwargs = teacher_kwargs_for(cfg, teacher_dir, top_n=n_max)
     return map_cache.read_or_build(
         lambda: teacher_stream(encoded, teacher_kwargs=kwargs, placement=placement),
         root=cfg.teacher.cache_dir, key=key, num_blocks=n_max, needed=top_n,

@@ -18,13 +18,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
-import ray.train
 import torch
-from ray.train import Checkpoint
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from idrm_ray import console
 from idrm_ray.pipeline.ingest import synced_batches
+from idrm_ray.pipeline.session import RayTrainSession
 from idrm_ray.train.strategy import make_strategy, pick_device
 
 LABELS = {0: "entailment", 1: "neutral", 2: "contradiction"}
@@ -105,7 +104,9 @@ class _Progress:
             f"epoch {epoch + 1}/{self.spec.epochs}", f"loss {loss:.4f}", f"lr {lr:.2e}", f"{rate:.1f} examples/s"])
 
 
-def nli_train_loop(config: dict) -> None:
+def nli_train_loop(config: dict, session=None) -> None:
+    """session: a `pipeline.session` session (default: this Ray Train worker's)."""
+    session = session or RayTrainSession()
     spec = TeacherFinetuneSpec(**config["spec"])
     torch.manual_seed(spec.seed)
     device = pick_device()
@@ -113,14 +114,14 @@ def nli_train_loop(config: dict) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(
         spec.base_dir, num_labels=3, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}
     ).to(device)
-    micro = per_worker_batch(spec.batch_size, ray.train.get_context().get_world_size())
+    micro = per_worker_batch(spec.batch_size, session.world_size)
     strategy = make_strategy("torch", micro_batch_size=micro, grad_accum_steps=1, max_grad_norm=1.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     engine = strategy.prepare(model, optimizer, None)
     schedule = LinearSchedule.plan(num_examples=spec.num_train, batch_size=spec.batch_size,
                                    epochs=spec.epochs, warmup_ratio=spec.warmup_ratio)
     progress = _Progress(spec, schedule, enabled=strategy.is_main)
-    shard = ray.train.get_dataset_shard("train")
+    shard = session.dataset_shard("train")
     all_sum = strategy.all_reduce_sum
     step = 0
     for epoch in range(spec.epochs):
@@ -150,12 +151,12 @@ def nli_train_loop(config: dict) -> None:
         metrics = {"epoch": epoch, "train_loss": epoch_loss / max(epoch_seen, 1.0), "steps": step,
                    "train_examples_per_s": epoch_seen / max(train_s, 1e-9), "micro_batch_size": micro,
                    "num_workers": strategy.world_size, **progress.lrs}
-        metrics.update(_evaluate(engine, tokenizer, micro, spec.max_len, device, all_sum))
+        metrics.update(_evaluate(engine, tokenizer, micro, spec.max_len, device, all_sum, session.dataset_shard("eval")))
         if strategy.is_main:
             console.info(f"[idrm] teacher fine-tune epoch {epoch + 1}/{spec.epochs} done in {train_s:.1f} s "
                          f"(step {step}/{schedule.total_steps}): train loss {metrics['train_loss']:.4f}, "
                          f"NLI accuracy {metrics['nli_accuracy']:.3f} on {metrics['eval_pairs']} held out")
-        _report(strategy, tokenizer, metrics)
+        _report(strategy, tokenizer, metrics, session)
 
 
 def _encode(tokenizer, batch, max_len: int, device: torch.device):
@@ -171,8 +172,7 @@ def _encode(tokenizer, batch, max_len: int, device: torch.device):
     return {k: v.to(device) for k, v in inputs.items()}, labels
 
 
-def _evaluate(engine, tokenizer, micro: int, max_len: int, device, all_sum) -> dict:
-    shard = ray.train.get_dataset_shard("eval")
+def _evaluate(engine, tokenizer, micro: int, max_len: int, device, all_sum, shard) -> dict:
     correct = total = 0.0
     engine.eval()
     with torch.no_grad():
@@ -186,14 +186,14 @@ def _evaluate(engine, tokenizer, micro: int, max_len: int, device, all_sum) -> d
     return {"nli_accuracy": all_sum(correct) / max(all_sum(total), 1.0), "eval_pairs": int(all_sum(total))}
 
 
-def _report(strategy, tokenizer, metrics: dict) -> None:
+def _report(strategy, tokenizer, metrics: dict, session) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = strategy.consolidated_state_dict()
         if strategy.rank == 0:
             model = strategy.unwrap()
             model.save_pretrained(tmp, state_dict=state)
             tokenizer.save_pretrained(tmp)
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        session.report(metrics, checkpoint_dir=tmp)
 
 
 def spec_dict(spec: TeacherFinetuneSpec) -> dict:

@@ -10,6 +10,8 @@ from idrm_ray import console
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.pipeline import cluster
 from idrm_ray.pipeline.assets import copy_tree, nli_examples
+from idrm_ray.pipeline.local_run import fit_local
+from idrm_ray.pipeline.session import LocalShard
 from idrm_ray.pipeline.teacher_finetune import (
     LinearSchedule,
     TeacherFinetuneSpec,
@@ -19,9 +21,24 @@ from idrm_ray.pipeline.teacher_finetune import (
 )
 
 
+def _nli_rows(examples) -> list[dict]:
+    return [{"premise": e.premise, "hypothesis": e.hypothesis, "label": int(e.label)} for e in examples]
+
+
 def _nli_dataset(examples) -> ray.data.Dataset:
-    rows = [{"premise": e.premise, "hypothesis": e.hypothesis, "label": int(e.label)} for e in examples]
+    rows = _nli_rows(examples)
     return ray.data.from_items(rows, override_num_blocks=min(8, len(rows)))
+
+
+def _fit(cfg: TrainJobConfig, spec: TeacherFinetuneSpec, *, train, evals, out_dir: Path, scaling):
+    """The fine-tune as a Ray Train run, or in this process with `run.local` (one worker)."""
+    name, config = f"{out_dir.parent.name}-teacher", {"spec": spec_dict(spec)}
+    if cfg.run.local:
+        shards = {"train": LocalShard(lambda: _nli_rows(train)), "eval": LocalShard(lambda: _nli_rows(evals))}
+        return fit_local(nli_train_loop, loop_config=config, shards=shards, keep=cfg.run.keep_checkpoints,
+                         storage=Path(cluster.storage_path(cfg, out_dir.parent)) / name)
+    return cluster.fit(nli_train_loop, loop_config=config, cfg=cfg, run_dir=out_dir.parent, name=name,
+                       datasets={"train": _nli_dataset(train), "eval": _nli_dataset(evals)}, scaling=scaling)
 
 
 def finetune_teacher(cfg: TrainJobConfig, *, base_dir: str, out_dir: Path) -> tuple[str, dict]:
@@ -44,15 +61,7 @@ def finetune_teacher(cfg: TrainJobConfig, *, base_dir: str, out_dir: Path) -> tu
                   f"{schedule.total_steps} steps of {ft.batch_size} ({ft.num_workers} worker(s) x "
                   f"{per_worker_batch(ft.batch_size, ft.num_workers)}), {schedule.warmup_steps} warmup, "
                   f"each worker {scaling.resources_per_worker}")
-    result = cluster.fit(
-        nli_train_loop,
-        loop_config={"spec": spec_dict(spec)},
-        datasets={"train": _nli_dataset(train), "eval": _nli_dataset(evals)},
-        cfg=cfg,
-        run_dir=out_dir.parent,
-        name=f"{out_dir.parent.name}-teacher",
-        scaling=scaling,
-    )
+    result = _fit(cfg, spec, train=train, evals=evals, out_dir=out_dir, scaling=scaling)
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:

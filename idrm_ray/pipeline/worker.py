@@ -1,17 +1,17 @@
-"""The Ray Train worker loop (DESIGN.md §2): read top to bottom (STYLE.md §5).
+"""The train worker loop (DESIGN.md §2): read top to bottom (STYLE.md §5).
 
 build -> prepare -> resume -> for each micro-batch: teacher maps from the stream,
 student forward with Q/K capture, L_BT + λ·L_ID, backward, step -> log, eval,
-checkpoint. Ray appears only through `ray.train` / `ray.get`; the math is in
-`idrm_ray.core`, the parallelism in `idrm_ray.train.strategy`.
+checkpoint. Whoever runs the loop is its SESSION (`pipeline.session`): rank and world
+size, the dataset shard, the checkpoints to resume from, and `report(metrics, checkpoint)`
+(a Ray Train worker in production, this process for tests and `idrm-ray train --local`).
+The math is in `idrm_ray.core`, the parallelism in `idrm_ray.train.strategy`.
 """
 from __future__ import annotations
 
 import tempfile
 import time
 
-import ray
-import ray.train
 import torch
 
 from idrm_ray import console
@@ -42,14 +42,18 @@ from idrm_ray.pipeline.ingest import (
     truncation_stats,
 )
 from idrm_ray.pipeline.monitor import StudentMonitor, WandbLogger
+from idrm_ray.pipeline.session import RayTrainSession
 from idrm_ray.pipeline.spec import WorkerSpec
 from idrm_ray.pipeline.step_metrics import StepAccumulator
 from idrm_ray.train.strategy import make_strategy, pick_device, torch_dtype
 
 
-def train_loop_per_worker(config: dict) -> None:
-    run = _WorkerRun(WorkerSpec.from_dict(config["spec"]), eval_rows=ray.get(config["eval_ref"]))
-    train_shard = ray.train.get_dataset_shard("train")
+def train_loop_per_worker(config: dict, session=None) -> None:
+    """config: {"spec": WorkerSpec dict, "eval": encoded eval rows (an object-store ref under
+    Ray)}; session: a `pipeline.session` session (default: this Ray Train worker's)."""
+    session = session or RayTrainSession()
+    run = _WorkerRun(WorkerSpec.from_dict(config["spec"]), session=session, eval_rows=session.fetch(config["eval"]))
+    train_shard = session.dataset_shard("train")
     spec, progress = run.spec, run.progress
     for epoch in range(progress.epoch, spec.epochs):
         progress.epoch = epoch
@@ -74,9 +78,9 @@ def train_loop_per_worker(config: dict) -> None:
 class _WorkerRun:
     """State of one worker: model, strategy, progress, metric accumulators."""
 
-    def __init__(self, spec: WorkerSpec, *, eval_rows: list[dict]) -> None:
+    def __init__(self, spec: WorkerSpec, *, session, eval_rows: list[dict]) -> None:
         torch.manual_seed(spec.seed)
-        self.spec, self.eval_rows, self.device = spec, eval_rows, pick_device()
+        self.spec, self.session, self.eval_rows, self.device = spec, session, eval_rows, pick_device()
         self.strategy = make_strategy(
             spec.strategy, zero_stage=spec.zero_stage, precision=spec.precision,
             micro_batch_size=spec.micro_batch_size, grad_accum_steps=spec.grad_accum_steps,
@@ -201,7 +205,7 @@ class _WorkerRun:
         if save or final:
             self._save_checkpoint(metrics)
         else:
-            ray.train.report(metrics)
+            self.session.report(metrics)
 
     def _save_checkpoint(self, metrics: dict) -> None:
         self.saved_step = self.progress.step
@@ -221,7 +225,7 @@ class _WorkerRun:
                 )
                 ckpt.write_progress(tmp, self.progress)
             self.strategy.save_state(ckpt.state_dir(tmp))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            self.session.report(metrics, checkpoint_dir=tmp)
 
     def evaluate(self) -> dict:
         """BT accuracy and loss on this rank's slice of the eval pairs (student inputs only).
@@ -249,11 +253,11 @@ class _WorkerRun:
         """Progress from the latest checkpoint; when it is unreadable (truncated, corrupt),
         say so and fall back to the previous good one. Never a silent fresh start: with no
         readable checkpoint at all the run stops with the list of what was tried."""
-        latest = ray.train.get_checkpoint()
-        if latest is None:
+        candidates = self.session.resume_candidates()  # newest first
+        if not candidates:
             return ckpt.Progress()
         problems = []
-        for candidate in [latest, *ckpt.older_checkpoints(latest)]:
+        for candidate in candidates:
             try:
                 with candidate.as_directory() as d:
                     progress = ckpt.check_complete(d)

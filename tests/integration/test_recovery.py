@@ -15,7 +15,7 @@ test_resume.py):
    In this second run the loss of two micro-steps is made NaN: they are skipped and counted
    with the weights untouched.
 4. A run whose every loss is NaN stops after `run.max_nonfinite_steps` with a message naming
-   the step and the loss component.
+   the step and the loss component (in this process, `run.local`: the loop's rule, not Ray's).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ FIT_TIMEOUT_S = 300
 
 
 def _instrumented_loop(*, log: str, die_after: int | None = None, nan_after: tuple = (), always_nan: bool = False):
-    def loop(config: dict) -> None:
+    def loop(config: dict, session=None) -> None:
         import math
 
         import torch
@@ -77,7 +77,10 @@ def _instrumented_loop(*, log: str, die_after: int | None = None, nan_after: tup
 
         worker._WorkerRun._after_step = after_step
         worker._WorkerRun.micro_step = micro_step
-        worker.train_loop_per_worker(config)
+        try:
+            worker.train_loop_per_worker(config, session)
+        finally:  # a local run (`run.local`) patched this process's worker module: put it back
+            worker._WorkerRun._after_step, worker._WorkerRun.micro_step = original_after, original_micro
 
     return loop
 
@@ -144,13 +147,14 @@ def test_injected_nan_steps_are_skipped_counted_and_leave_weights_untouched(reco
     assert recovered["summary"]["runs"][0]["nonfinite_skipped"] == len(NAN_AT)
 
 
-def test_consecutive_nan_losses_stop_the_run_naming_step_and_component(ray_session, guard, make_config, tmp_path):
+def test_consecutive_nan_losses_stop_the_run_naming_step_and_component(guard, make_config, tmp_path):
+    """The worker loop's own rule, not Ray's: an in-process run (`run.local`)."""
     from idrm_ray.pipeline import driver
 
     cfg = make_config(
         tmp_path, "allnan", "method.name=bt", "method.compare_bt=false", "data.max_pairs=64",
         "optim.global_batch_size=8", "optim.micro_batch_size=8", "optim.max_steps=6", "run.max_nonfinite_steps=3",
-        "run.eval_every=0", "logging.wandb_mode=disabled",
+        "run.eval_every=0", "logging.wandb_mode=disabled", "run.local=true",
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(driver, "_loop", lambda: _instrumented_loop(log=str(tmp_path / "nan.log"), always_nan=True))
