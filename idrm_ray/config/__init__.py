@@ -6,7 +6,6 @@ dotted `key=value` overrides (STYLE.md item 6). Pure python + yaml.
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,29 +22,24 @@ from idrm_ray.config.loader import (
     save_config,
 )
 from idrm_ray.config.plan import TrainPlan, make_plan
+from idrm_ray.config.ppo import PPOJobConfig
+from idrm_ray.config.serve import ServeJobConfig
 from idrm_ray.config.train import TrainJobConfig
 
-# Job name (the `job:` key of a config file) -> its config tree. Other jobs register here.
-JOB_CONFIGS: dict[str, type] = {"train": TrainJobConfig}
-# Trees that live in their feature packages, imported on first use: they import this package,
-# so importing them here would be circular.
-_JOB_MODULES = {"serve": "idrm_ray.serve.config:ServeJobConfig", "ppo": "idrm_ray.ppo.config:PPOJobConfig"}
+# Job name (the `job:` key of a config file) -> its config tree.
+JOB_CONFIGS: dict[str, type] = {"train": TrainJobConfig, "serve": ServeJobConfig, "ppo": PPOJobConfig}
 
 
 def config_class_for(data: Mapping[str, Any]) -> type:
     """The tree a parsed config file belongs to, from its `job:` key (default `train`)."""
     job = data.get("job", "train") if isinstance(data, Mapping) else "train"
-    if job not in JOB_CONFIGS and job in _JOB_MODULES:
-        module, name = _JOB_MODULES[job].split(":")
-        JOB_CONFIGS[job] = getattr(importlib.import_module(module), name)
     if job not in JOB_CONFIGS:
-        known = ", ".join(sorted(set(JOB_CONFIGS) | set(_JOB_MODULES)))
-        raise ConfigError(f"unknown job {job!r} in config file; known: {known}")
+        raise ConfigError(f"unknown job {job!r} in config file; known: {', '.join(sorted(JOB_CONFIGS))}")
     return JOB_CONFIGS[job]
 
 
 __all__ = [
-    "ConfigError", "ConfigValueError", "JOB_CONFIGS", "TrainJobConfig", "TrainPlan", "all_keys",
-    "config_class_for", "derive", "describe", "dump_config", "dump_yaml", "from_dict", "list_presets", "load_config",
+    "ConfigError", "ConfigValueError", "JOB_CONFIGS", "PPOJobConfig", "ServeJobConfig", "TrainJobConfig", "TrainPlan",
+    "all_keys", "config_class_for", "derive", "describe", "dump_config", "dump_yaml", "from_dict", "list_presets", "load_config",
     "make_plan", "param", "parse_override", "read_preset", "read_yaml", "require", "save_config", "section",
 ]

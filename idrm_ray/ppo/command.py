@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from idrm_ray.ppo.config import PPOJobConfig
+from idrm_ray.config.ppo import PPOJobConfig
 
 __all__ = ["PPO_MODULE", "PPOLaunch", "REWARD_FUNC_NAME", "REFERENCES_NAME", "build_ppo_launch"]
 

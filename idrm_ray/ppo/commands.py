@@ -26,7 +26,7 @@ def add_ppo_commands(sub) -> None:
 
 
 def _ppo(args: argparse.Namespace) -> int:
-    from idrm_ray.ppo.config import PPOJobConfig
+    from idrm_ray.config.ppo import PPOJobConfig
 
     if args.help_config:
         print(describe(PPOJobConfig))

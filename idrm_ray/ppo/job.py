@@ -20,7 +20,7 @@ from pathlib import Path
 
 from idrm_ray.ppo.checks import check_render, check_tokenizers_match
 from idrm_ray.ppo.command import PPOLaunch, build_ppo_launch
-from idrm_ray.ppo.config import PPOJobConfig
+from idrm_ray.config.ppo import PPOJobConfig
 from idrm_ray.ppo.openrlhf_cli import FlagError, OpenRLHFMissing, check_ppo_flags
 from idrm_ray.serve.checkpoint_check import CheckError, check_reward_checkpoint, is_local
 

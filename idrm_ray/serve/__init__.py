@@ -12,5 +12,5 @@
 - `par_reward`: a self-contained OpenRLHF `reward_func` file (PAR shaping / authenticated passthrough);
 - `par`: precomputing PAR reference rewards with the server's scorer settings.
 
-Nothing is imported here, so `idrm_ray.serve.config` stays light for the config registry.
+Nothing is imported here. The server's config tree is `idrm_ray/config/serve.py`.
 """

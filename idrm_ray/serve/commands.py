@@ -53,7 +53,7 @@ def _serve_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from idrm_ray.serve.config import ServeJobConfig
+    from idrm_ray.config.serve import ServeJobConfig
 
     if args.help_config:
         print(describe(ServeJobConfig))

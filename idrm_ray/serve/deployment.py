@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ray import serve
 
 from idrm_ray.serve.app import RewardService, build_app
-from idrm_ray.serve.config import ServeJobConfig
+from idrm_ray.config.serve import ServeJobConfig
 from idrm_ray.serve.protocol import Limits, RewardRequest, token_digest
 from idrm_ray.serve.scoring import RewardScorer, Scores
 

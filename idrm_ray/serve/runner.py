@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from idrm_ray.config import ConfigError
-from idrm_ray.serve.config import ServeJobConfig
+from idrm_ray.config.serve import ServeJobConfig
 
 __all__ = ["ServerHandle", "check_serve_config", "is_loopback", "resolve_token", "scorer_from_config", "serve",
            "start_server", "wait_healthy"]

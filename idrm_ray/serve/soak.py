@@ -204,7 +204,7 @@ def _free_port() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from idrm_ray.config import ConfigError, load_config
-    from idrm_ray.serve.config import ServeJobConfig
+    from idrm_ray.config.serve import ServeJobConfig
 
     p = argparse.ArgumentParser(prog="python -m idrm_ray.serve.soak", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="reward model to serve (default: a tiny one saved under --out)")

@@ -30,7 +30,7 @@ import torch
 from idrm_ray.config import ConfigError, load_config
 from idrm_ray.core import tiny
 from idrm_ray.core.reward_model import load_reward_model, save_reward_model
-from idrm_ray.ppo.config import PPOJobConfig
+from idrm_ray.config.ppo import PPOJobConfig
 from idrm_ray.serve.scoring import RewardScorer
 
 TEXTS = ["Human: What does the cat like?\n\nAssistant: The cat likes the ball.</s>", "A dog sees.",

@@ -22,7 +22,7 @@ from idrm_ray.config import load_config
 from idrm_ray.core import tiny
 from idrm_ray.core.reward_model import save_reward_model
 from idrm_ray.serve import par_reward
-from idrm_ray.serve.config import ServeJobConfig
+from idrm_ray.config.serve import ServeJobConfig
 from idrm_ray.serve.loadtest import run_load_test
 from idrm_ray.serve.scoring import RewardScorer
 

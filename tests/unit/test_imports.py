@@ -185,6 +185,11 @@ def _import_graph() -> tuple[dict[str, set[str]], set[tuple[str, str]]]:
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 edges[module].update(_targets(node, module, modules))
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ":" in node.value:
+                # "idrm_ray.pkg.mod:Name", imported by name at run time (importlib): an import too
+                name = node.value.partition(":")[0]
+                if name in modules and name.startswith("idrm_ray.") and name != module:
+                    edges[module].add(name)
         for fn in ast.walk(tree):
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for node in ast.walk(fn):
@@ -258,6 +263,7 @@ def test_graph_reader_sees_local_and_relative_imports(tmp_path):
     assert "idrm_ray.pipeline.methods" in edges["idrm_ray.pipeline.driver"]  # imported inside run_*()
     assert ("idrm_ray.pipeline.driver", "idrm_ray.pipeline.methods") in local
     assert "idrm_ray.pipeline.cluster" in edges["idrm_ray.pipeline.driver"]  # from idrm_ray.pipeline import cluster
+    assert "idrm_ray.config.serve" in edges["idrm_ray.config"]  # the job registry names its trees
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
 

@@ -22,7 +22,7 @@ from idrm_ray.core.reward_model import save_reward_model
 from idrm_ray.ppo import openrlhf_cli
 from idrm_ray.ppo.checks import check_tokenizers_match
 from idrm_ray.ppo.command import REFERENCES_NAME, REWARD_FUNC_NAME, SECRET, build_ppo_launch
-from idrm_ray.ppo.config import PPOJobConfig
+from idrm_ray.config.ppo import PPOJobConfig
 from idrm_ray.ppo.job import preflight, run_ppo, submit_launch
 from idrm_ray.serve import par_reward
 from idrm_ray.serve.checkpoint_check import CheckError, check_reward_checkpoint

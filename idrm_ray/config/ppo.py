@@ -1,4 +1,4 @@
-"""The config tree of the PPO job (`idrm-ray ppo`, `jobs/ppo.py`): what we pass to OpenRLHF.
+"""The config tree of the PPO job (`idrm-ray ppo`, `ppo/`): what we pass to OpenRLHF.
 
 A deliberately small subset of OpenRLHF 0.11's ~170 `train_ppo_ray` flags (the ones this
 project decides: policy, reward source, PAR, placement, vLLM, data, the main PPO

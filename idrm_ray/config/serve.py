@@ -1,4 +1,4 @@
-"""The config tree of the reward server (`idrm-ray serve`, `jobs/serve.py`).
+"""The config tree of the reward server (`idrm-ray serve`, `serve/`).
 
 Defaults are the safe local ones: loopback only, no token (so nothing beyond this machine
 can call it), bounded requests, one CPU replica. Checks here are for values that cannot
