@@ -12,14 +12,34 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
+import ray
 
 LAMS, TOP_NS = (0.4, 1.0), (1, 2)
 TINY = ["data.max_pairs=64", "optim.epochs=1", "optim.max_steps=4", "optim.global_batch_size=8",
         "optim.micro_batch_size=8", "run.eval_every=2", "run.log_every=1", "teacher.name_or_path=tiny",
         "logging.wandb_mode=offline", "resources.cpus_per_worker=0.5"]  # evals at steps 2 and 4; 2 trials at once
+
+
+class FailOnce:
+    """`before_trial`: the first attempt of the (λ, N) trial raises, leaving a marker file, so
+    the test sees Tune retry it (max_failures=1)."""
+
+    def __init__(self, *, lam: float, top_n: int, marker: str):
+        self.lam, self.top_n, self.marker = lam, top_n, marker
+
+    def __call__(self, config: dict) -> None:
+        if (config["lam"], config["top_n"]) == (self.lam, self.top_n) and not Path(self.marker).exists():
+            Path(self.marker).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.marker).write_text("failed once\n")
+            raise RuntimeError(f"injected failure for lam={self.lam} N={self.top_n}")
+
+
+# Trials unpickle it in Ray worker processes, which cannot import this test module by name.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +49,9 @@ def sweep(ray_session, guard, make_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     cfg = make_config(out, "sweep", *TINY)
     # ~170-335 s measured on a loaded 2-core machine (4 sequential trials, 2 evals each, W&B offline)
+    fail = FailOnce(lam=1.0, top_n=2, marker=str(out / "sweep" / "fail_markers" / "lam1_n2"))
     summary = guard(lambda: run_sweep(cfg, LAMS, TOP_NS, sweep_dir=out / "sweep", max_failures=1,
-                                      fail_once=(1.0, 2)), timeout_s=600, what="tune sweep 2x2")
+                                      before_trial=fail), timeout_s=600, what="tune sweep 2x2")
     return summary
 
 
