@@ -9,10 +9,9 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
-from idrm_ray.core.devices import torch_dtype
 from idrm_ray import console
+from idrm_ray.core.devices import torch_dtype
 from idrm_ray.pipeline.records import batch_examples, encoded_batch
 
 
