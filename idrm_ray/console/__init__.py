@@ -61,9 +61,17 @@ def _out() -> TextIO:
 
 def _view() -> ProgressView:
     if _state.view is None:
-        live = _out().isatty() and not _state.verbose
-        _state.view = ProgressView(live=live, every_update=_state.verbose)
+        out = _out()
+        live = out.isatty() and not _state.verbose
+        _state.view = ProgressView(live=live, every_update=_state.verbose, width=_columns(out) if live else 0)
     return _state.view
+
+
+def _columns(out: TextIO) -> int:
+    try:
+        return os.get_terminal_size(out.fileno()).columns
+    except (OSError, ValueError):  # not a real terminal after all: lines are not cut
+        return 0
 
 
 def _render(event: tuple) -> None:

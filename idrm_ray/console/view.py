@@ -36,8 +36,9 @@ class ProgressView:
     a block of lines redrawn in place; otherwise one line per ~10% of a task
     (`TENTHS`), or every update with `every_update` (--verbose, as the console was before)."""
 
-    def __init__(self, *, live: bool, every_update: bool = False) -> None:
+    def __init__(self, *, live: bool, every_update: bool = False, width: int = 0) -> None:
         self.live, self.every_update = live, every_update
+        self.width = width  # live lines are cut to the terminal's width: a wrapped line breaks the redraw
         self.tasks: dict[str, _Task] = {}
         self.drawn = 0  # lines of the live block now on screen
 
@@ -106,6 +107,6 @@ class ProgressView:
         if not self.live:
             return text
         up = f"\x1b[{self.drawn}F\x1b[J" if self.drawn else ""
-        block = [self.line(t) for t in self.tasks.values()]
+        block = [self.line(t)[: self.width - 1] if self.width else self.line(t) for t in self.tasks.values()]
         self.drawn = len(block)
         return up + text + "".join(b + "\n" for b in block)

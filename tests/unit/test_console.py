@@ -98,3 +98,12 @@ def test_a_session_sends_stdout_and_stderr_to_driver_log(tmp_path):
     assert proc.stderr == "an error line\n"
     text = log.read_text()
     assert "library chatter" in text and "a library warning" in text and "the table" not in text
+
+
+def test_live_lines_fit_the_terminal_width():
+    """A wrapped line would take two rows and the redraw (one row up per line) would break."""
+    view = ProgressView(live=True, width=40)
+    first = view.progress("bt", 1, 10, ["loss 0.693147", "acc 0.50", "12.3 pairs/s"], now=0.0)
+    assert first == "  bt [##------------------] step 1/10 |\n"
+    final = view.progress("bt", 10, 10, ["loss 0.5"], now=9.0)
+    assert final.endswith("| loss 0.5 | done in 9s\n")  # a final line stays whole (it is not redrawn)
