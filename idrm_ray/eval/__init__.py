@@ -9,17 +9,19 @@
 Modules: `layouts` (reading and validating eval sets), `rewardbench` (the subset-to-section
 table, from allenai/reward-bench), `rmb` (RMB pairwise and BoN rows), `bestofn` (sets of
 prompts with N completions, batched encoding), `rewardbench2` and `rmbench` (those benchmarks'
-official rules), `bon_results` (best-of-N metrics and scores files), `scoring` (batched rewards),
-`ray_scoring` (the same scorer as a Ray Data actor pool), `significance` (Wilcoxon, bootstrap,
-McNemar), `diagnostics` (the paper's Section 2 analyses), `plots`, `report`, `runner` (the
-eval command), `commands` (its CLI flags).
+official rules), `bon_results` (best-of-N metrics and scores files), `ray_scoring` (the reward
+scorer, `core/scoring.py`, as a Ray Data actor pool on a Ray the caller started),
+`significance` (Wilcoxon, bootstrap, McNemar), `diagnostics` (the paper's Section 2 analyses),
+`plots`, `model` (the checkpoint under evaluation, the options), `baseline` (--baseline),
+`dataset_report` (one eval folder's report.md), `report` (comparing runs), `runner` (the eval
+command), `commands` (its CLI flags).
 """
 
 _LAZY = {  # imported on first use: `idrm-ray --help` should not pay for torch
     "EvalSet": "layouts",
     "load_eval_set": "layouts",
     "compare_runs": "report",
-    "EvalOptions": "runner",
+    "EvalOptions": "model",
     "run_eval": "runner",
 }
 
