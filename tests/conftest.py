@@ -16,10 +16,21 @@ import torch
 from idrm_ray.core import tiny
 
 
+# `-m "not slow"` (the edit-test loop) leaves out what starts Ray or Ray Train, loads the real
+# models or spawns multi-process DeepSpeed: tests using the fixtures below, the realmodel tier,
+# and these modules.
+SLOW_FIXTURES = {"ray_session", "shared_run", "guard"}
+SLOW_MODULES = {"test_auth.py", "test_cluster.py", "test_eval.py", "test_local_run.py", "test_pipeline.py",
+                "test_serve_ray.py", "test_strategy.py", "test_strategy_peft.py"}
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         path = str(item.fspath)
+        if (SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or os.path.basename(path) in SLOW_MODULES
+                or f"{os.sep}realmodel{os.sep}" in path):
+            item.add_marker(pytest.mark.slow)
         if f"{os.sep}gpu{os.sep}" in path:
             item.add_marker(pytest.mark.gpu)
             if not torch.cuda.is_available():
