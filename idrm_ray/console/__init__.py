@@ -137,7 +137,7 @@ def count(label: str, n: int, *, unit: str = "items") -> None:
 def result_table(text: str) -> None:
     """The job's result: printed after every running task's last line."""
     _drain()
-    _render(("phase", text.rstrip("\n")))
+    _emit(("phase", text.rstrip("\n")))
 
 
 def error(text: str) -> None:
