@@ -32,8 +32,8 @@ from idrm_ray.core.method_kind import method_kind
 from idrm_ray.data import bundled_path
 from idrm_ray.pipeline import cluster
 from idrm_ray.pipeline.assets import prepare_student, prepare_teacher, tiny_teacher_dir
-from idrm_ray.pipeline.driver import load_data, train_one
-from idrm_ray.pipeline.methods import member_overrides, run_method, run_tasks, score_gaps
+from idrm_ray.pipeline.driver import load_data, run_method, train_one
+from idrm_ray.pipeline.methods import member_overrides, run_tasks, score_gaps
 from idrm_ray.pipeline.outputs import tiny_student_note
 
 DEFAULT_SHUFFLE = 256  # seeds differ in data order (and any new head's init)

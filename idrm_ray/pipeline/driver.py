@@ -18,10 +18,10 @@ from idrm_ray import console
 from idrm_ray.config import dump_config
 from idrm_ray.config.plan import make_plan, teacher_dtype
 from idrm_ray.config.train import TrainJobConfig
-from idrm_ray.core.method_kind import method_kind
-from idrm_ray.core.objective import BTSettings, IDSettings
 from idrm_ray.data import bundled_path, load_preferences
+from idrm_ray.methods.registry import worker_asks
 from idrm_ray.pipeline import cluster, local_run, map_cache, outputs, preflight
+from idrm_ray.pipeline import methods as procedures
 from idrm_ray.pipeline.assets import prepare_student, prepare_teacher, validate_teacher_data
 from idrm_ray.pipeline.checkpointing import model_dir as ckpt_model_dir
 from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset, teacher_stream
@@ -63,15 +63,11 @@ def load_data(cfg: TrainJobConfig, run_dir: Path):
 def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad_id: int, run_dir: Path,
                 **overrides) -> WorkerSpec:
     """The worker's values for one run of `method` (bt, id, am, lf, inform, id+am, id+lf; an
-    ensemble member is a bt or id run with `overrides` such as seed, lr or max_steps)."""
-    o, m = cfg.optim, cfg.method
-    kind = method_kind(method)
-    ids = IDSettings(**dump_config(m.id)) if kind.distills else None
-    bt = BTSettings(label_smoothing=m.lf.smoothing if kind.base == "lf" else 0.0,
-                    ib_beta=m.inform.beta if kind.head == "ib" else 0.0, kl_form=m.inform.kl_form)
+    ensemble member is a bt or id run with `overrides` such as seed, lr or max_steps); what
+    depends on the method (loss settings, L_ID, head) its family asks (`methods.registry`)."""
+    o = cfg.optim
     spec = WorkerSpec(
-        method=method, student_dir=student_dir, pad_id=pad_id, id_settings=ids,
-        use_margin=kind.uses_margin, bt_settings=bt, ib_latent_dim=m.inform.latent_dim if kind.head == "ib" else 0,
+        method=method, student_dir=student_dir, pad_id=pad_id, **worker_asks(cfg.method, method),
         lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), schedule=o.schedule,
         warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, max_steps=o.max_steps, epochs=o.epochs,
         micro_batch_size=plan.micro_batch_size, grad_accum_steps=plan.grad_accum_steps,
@@ -251,9 +247,8 @@ def encode_eval(evals, encode_kwargs: dict) -> list[dict]:
 
 
 def run_method(cfg, plan, **kwargs) -> list[dict]:
-    from idrm_ray.pipeline.methods import run_method as run
-
-    return run(cfg, plan, **kwargs)
+    """`method`'s family procedure (`pipeline/methods.run_method`) with this driver's `train_one`."""
+    return procedures.run_method(cfg, plan, train_one=train_one, **kwargs)
 
 
 def _loop():

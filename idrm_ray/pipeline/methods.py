@@ -1,59 +1,67 @@
-"""Methods that are more than one training run (METHOD.md §10), on the driver.
-
-    bt, id, inform, am (rating)    one run (`driver.train_one`)
-    am (no rating), id+am          ensemble -> μ̂ per pair -> margins max(μ̂, 0) -> final run
-    lf, id+lf                      ensemble -> μ̂ per pair -> flip μ̂ < 0 -> final run with smoothing α
-    warm, id+warm                  M members from the same init (seeds, data orders, lrs) -> average
-                                   (variant `checkpoints`: the last K checkpoints of one run)
+"""The driver's side of methods that are more than one training run (METHOD.md §10): the
+procedures live in the method families (`idrm_ray/methods/`, one module per family, found
+through `methods.registry.FAMILIES`); this module runs one (`run_method`) and gives it its
+Ray tools (`RayTools`): ensemble members, scoring, the streamed WARM average.
 
 The ensemble members are ordinary Ray Train runs (bt members for the preference strength,
 bt or id members for WARM), run in parallel as Ray tasks, as many as the student resources
 fit (`method.ensemble.concurrency`). Members, flips and margins are written to the method's
 folder: <run>/<method>/members/member<i>/, strength.jsonl (μ̂, σ̂, flipped per pair).
 The averaged WARM model is an ordinary reward-model checkpoint (OpenRLHF layout).
+
+`train_one` (one run: `driver.train_one`) comes in as an argument, so this module does not
+import the driver that calls it.
 """
 from __future__ import annotations
 
 import json
 import math
-import time
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import ray
-import torch
 
-from idrm_ray.config import derive
-from idrm_ray.core.method_kind import method_kind
 from idrm_ray import console
-from idrm_ray.core.baselines import am_margins, flip_mask, preference_strength
-from idrm_ray.core.types import PreferenceExample
 from idrm_ray.core.scoring import pair_outcomes
+from idrm_ray.core.types import PreferenceExample
+from idrm_ray.methods.base import MethodRun
+from idrm_ray.methods.registry import family
 from idrm_ray.pipeline import cluster
-from idrm_ray.pipeline.driver import train_one
 
 SHUFFLE_BUFFER_PAIRS = 256  # members' seeded local shuffle: different data orders, same data
 
 
-def run_method(cfg, plan, *, method: str, student_dir: str, teacher_dir: str | None, train, evals,
-               run_dir: Path, members: dict[str, list[dict]] | None = None, out_name: str | None = None) -> list[dict]:
-    """Train `method` into run_dir/(out_name or method) and return its summary row(s).
-    `members` reuses ensembles already trained by the caller ({"bt": rows, "id": rows},
-    e.g. shared by `idrm-ray compare`)."""
-    kind = method_kind(method)
-    name = out_name or method
-    common = dict(student_dir=student_dir, teacher_dir=teacher_dir, evals=evals, run_dir=run_dir)
-    members = members or {}
-    if kind.base == "warm":
-        return [_warm(cfg, plan, method=method, name=name, train=train, members=members, **common)]
-    extra: dict = {}
-    if kind.base == "am":
-        train, extra = _am_data(cfg, plan, name=name, train=train, members=members, common=common)
-    elif kind.base == "lf":
-        train, extra = _lf_data(cfg, plan, name=name, train=train, members=members, common=common)
-    row = train_one(cfg, plan, method=method, train=train, out_name=name, **common)
-    return [{**row, **extra}]
+def run_method(cfg, plan, *, train_one: Callable[..., dict], method: str, student_dir: str, teacher_dir: str | None,
+               train, evals, run_dir: Path, members: dict[str, list[dict]] | None = None,
+               out_name: str | None = None) -> list[dict]:
+    """Train `method` into run_dir/(out_name or method) by its family's procedure and return
+    its summary row(s). `members` reuses ensembles already trained by the caller ({"bt":
+    rows, "id": rows}, e.g. shared by `idrm-ray compare`)."""
+    r = MethodRun(cfg=cfg, plan=plan, method=method, name=out_name or method, train=train, evals=evals,
+                  student_dir=student_dir, teacher_dir=teacher_dir, run_dir=run_dir,
+                  tools=RayTools(train_one), members=members or {})
+    return family(method).run(r)
+
+
+@dataclass(frozen=True)
+class RayTools:
+    """`methods.base.Tools` over Ray: what a family's procedure may call on the driver."""
+
+    train_one: Callable[..., dict]
+
+    def train_members(self, cfg, plan, **kwargs) -> list[dict]:
+        return train_members(cfg, plan, train_one=self.train_one, **kwargs)
+
+    def score_gaps(self, cfg, checkpoints, examples):
+        return score_gaps(cfg, checkpoints, examples)
+
+    def average_checkpoints(self, cfg, sources, out, *, metadata):
+        return average_checkpoints(cfg, sources, out, metadata=metadata)
+
+    def evaluate_checkpoint(self, cfg, checkpoint, examples):
+        return evaluate_checkpoint(cfg, checkpoint, examples)
 
 
 # -- ensembles ------------------------------------------------------------------------------
@@ -72,8 +80,8 @@ def member_overrides(cfg, plan, index: int, *, diverse_lr: bool) -> dict:
                 eval_every=0, checkpoint_every=0)
 
 
-def train_members(cfg, plan, *, kind: str, folder: str, train, student_dir, teacher_dir, evals, run_dir: Path,
-                  diverse_lr: bool = True) -> list[dict]:
+def train_members(cfg, plan, *, train_one: Callable[..., dict], kind: str, folder: str, train, student_dir,
+                  teacher_dir, evals, run_dir: Path, diverse_lr: bool = True) -> list[dict]:
     """M runs of `kind` (bt | id) from the same init, in parallel where resources allow."""
     jobs = [dict(method=kind, out_name=f"{folder}/member{i}",
                  spec_overrides=member_overrides(cfg, plan, i, diverse_lr=diverse_lr))
@@ -82,10 +90,11 @@ def train_members(cfg, plan, *, kind: str, folder: str, train, student_dir, teac
     console.info(f"[idrm] {len(jobs)} {kind} ensemble members under {run_dir / folder} "
                  f"({min(limit, len(jobs))} at a time)")
     common = dict(student_dir=student_dir, teacher_dir=teacher_dir, evals=evals, run_dir=run_dir)
-    return run_parallel(cfg, plan, jobs, train=train, limit=limit, **common)
+    return run_parallel(cfg, plan, jobs, train_one=train_one, train=train, limit=limit, **common)
 
 
-def run_parallel(cfg, plan, jobs: list[dict], *, train, limit: int, **common) -> list[dict]:
+def run_parallel(cfg, plan, jobs: list[dict], *, train_one: Callable[..., dict], train, limit: int,
+                 **common) -> list[dict]:
     """`train_one` per job, at most `limit` at a time; results in job order."""
     calls = [{"cfg": cfg, "plan": plan, **common, **job} for job in jobs]
     return run_tasks(train_one, calls, limit=limit, shared={"train": train})
@@ -117,73 +126,7 @@ def _call(fn, shared: dict, call: dict):
     return fn(**shared, **call)
 
 
-def strength(cfg, plan, *, name: str, train, members: dict, common: dict) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """μ̂, σ̂ per training pair (Secrets-II) from the bt ensemble (trained here unless given)."""
-    rows = members.get("bt") or train_members(cfg, plan, kind="bt", folder=f"{name}/members", train=train,
-                                              diverse_lr=False, **common)
-    gaps = torch.from_numpy(np.stack(score_gaps(cfg, [r["checkpoint"] for r in rows], train)))  # (M, P)
-    mu, sigma = preference_strength(gaps)
-    return mu, sigma, rows
-
-
-def _am_data(cfg, plan, *, name, train, members, common) -> tuple[list[PreferenceExample], dict]:
-    am = cfg.method.am
-    rated = all(e.margin is not None for e in train)
-    source = am.source if am.source != "auto" else ("rating" if rated else "ensemble")
-    if source == "rating":
-        if not rated:
-            missing = sum(e.margin is None for e in train)
-            raise ValueError(f"method.am.source=rating but {missing} of {len(train)} training pairs have no "
-                             "`margin` field: use method.am.source=ensemble (or auto)")
-        margins = torch.tensor([float(e.margin) for e in train]) * am.scale
-        extra = {"margin_source": "rating"}
-    else:
-        mu, sigma, rows = strength(cfg, plan, name=name, train=train, members=members, common=common)
-        margins = am_margins(mu, scale=am.scale)
-        _write_strength(common["run_dir"] / name, train, mu, sigma, flipped=None, margins=margins)
-        extra = {"margin_source": "ensemble", **_member_summary(rows)}
-    extra.update(margin_mean=float(margins.mean()), margin_zero_fraction=float((margins == 0).float().mean()))
-    return [replace(e, margin=float(m)) for e, m in zip(train, margins)], extra
-
-
-def _lf_data(cfg, plan, *, name, train, members, common) -> tuple[list[PreferenceExample], dict]:
-    lf = cfg.method.lf
-    mu, sigma, rows = strength(cfg, plan, name=name, train=train, members=members, common=common)
-    flips = flip_mask(mu, threshold=lf.threshold, max_fraction=lf.max_flip_fraction)
-    _write_strength(common["run_dir"] / name, train, mu, sigma, flipped=flips, margins=None)
-    flipped = [replace(e, chosen=e.rejected, rejected=e.chosen) if f else e for e, f in zip(train, flips.tolist())]
-    console.info(f"[idrm] {name}: flipped {int(flips.sum())} of {len(train)} pairs (μ̂ < {lf.threshold}; "
-                 f"{float((mu < 0).double().mean()):.1%} have μ̂ < 0)")
-    return flipped, {"flipped_pairs": int(flips.sum()), "flipped_fraction": float(flips.double().mean()),
-                     "negative_strength_fraction": float((mu < 0).double().mean()),
-                     "label_smoothing": lf.smoothing, **_member_summary(rows)}
-
-
-# -- WARM -----------------------------------------------------------------------------------
-
-
-def _warm(cfg, plan, *, method, name, train, members, student_dir, teacher_dir, evals, run_dir) -> dict:
-    kind = method_kind(method).member_kind
-    t0 = time.perf_counter()
-    common = dict(student_dir=student_dir, teacher_dir=teacher_dir, evals=evals, run_dir=run_dir)
-    if cfg.method.warm.variant == "checkpoints":
-        k = cfg.method.warm.checkpoints
-        every = max(1, plan.total_steps // k)
-        run_cfg = derive(cfg, {"run.keep_checkpoints": k})
-        row = train_one(run_cfg, plan, method=kind, train=train, out_name=f"{name}/run", keep_checkpoints=True,
-                        spec_overrides=dict(checkpoint_every=every), **common)
-        sources, rows = row["checkpoints"], [row]
-    else:
-        rows = members.get(kind) or train_members(cfg, plan, kind=kind, folder=f"{name}/members", train=train,
-                                                  **common)
-        sources = [r["checkpoint"] for r in rows]
-    out = run_dir / name / "checkpoint"
-    average_checkpoints(cfg, sources, out, metadata={"method": method, "variant": cfg.method.warm.variant})
-    metrics = evaluate_checkpoint(cfg, str(out), evals)
-    console.info(f"[idrm] {name}: averaged {len(sources)} models -> {out} "
-                 f"(eval accuracy {metrics['eval_accuracy']:.3f})")
-    return {"method": method, **metrics, "checkpoint": str(out), "averaged_models": len(sources),
-            "wall_time_s": time.perf_counter() - t0, "steps": rows[0].get("steps"), **_member_summary(rows)}
+# -- WARM's average ---------------------------------------------------------------------
 
 
 def average_checkpoints(cfg, sources: list[str], out: Path, *, metadata: dict) -> Path:
@@ -268,24 +211,3 @@ def _student_slot(cfg) -> dict:
         options.update(num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker)
     custom = {k: v for k, v in cluster.scaling_config(cfg).resources_per_worker.items() if k not in ("CPU", "GPU")}
     return {**options, "resources": custom} if custom else options
-
-
-# -- records --------------------------------------------------------------------------------
-
-
-def _member_summary(rows: list[dict]) -> dict:
-    accs = [r["eval_accuracy"] for r in rows if r.get("eval_accuracy") is not None]
-    return {"members": len(rows), "member_eval_accuracy": float(np.mean(accs)) if accs else None,
-            "member_checkpoints": [r["checkpoint"] for r in rows]}
-
-
-def _write_strength(out: Path, train, mu, sigma, *, flipped, margins) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "strength.jsonl", "w") as f:
-        for i in range(len(train)):
-            row = {"pair": i, "mu": float(mu[i]), "sigma": float(sigma[i])}
-            if flipped is not None:
-                row["flipped"] = bool(flipped[i])
-            if margins is not None:
-                row["margin"] = float(margins[i])
-            f.write(json.dumps(row) + "\n")

@@ -1,0 +1,34 @@
+"""LF-RM (METHOD.md §10, Secrets-II recipe): a bt ensemble's strength μ̂ per pair, swap
+chosen/rejected where μ̂ is below the threshold, then one run with label smoothing α."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from idrm_ray import console
+from idrm_ray.core.baselines import flip_mask
+from idrm_ray.core.types import PreferenceExample
+from idrm_ray.methods.base import MethodRun
+from idrm_ray.methods.strength import member_summary, strength, write_strength
+
+
+def worker_asks(m) -> dict:
+    return {"bt": {"label_smoothing": m.lf.smoothing}}
+
+
+def run(r: MethodRun) -> list[dict]:
+    train, extra = flipped(r)
+    return [{**r.train_once(train), **extra}]
+
+
+def flipped(r: MethodRun) -> tuple[list[PreferenceExample], dict]:
+    """The training pairs with the weak ones flipped, and the row's flip fields."""
+    lf, train, name = r.cfg.method.lf, r.train, r.name
+    mu, sigma, rows = strength(r)
+    flips = flip_mask(mu, threshold=lf.threshold, max_fraction=lf.max_flip_fraction)
+    write_strength(r.run_dir / name, train, mu, sigma, flipped=flips, margins=None)
+    out = [replace(e, chosen=e.rejected, rejected=e.chosen) if f else e for e, f in zip(train, flips.tolist())]
+    console.info(f"[idrm] {name}: flipped {int(flips.sum())} of {len(train)} pairs (μ̂ < {lf.threshold}; "
+                 f"{float((mu < 0).double().mean()):.1%} have μ̂ < 0)")
+    return out, {"flipped_pairs": int(flips.sum()), "flipped_fraction": float(flips.double().mean()),
+                 "negative_strength_fraction": float((mu < 0).double().mean()),
+                 "label_smoothing": lf.smoothing, **member_summary(rows)}
