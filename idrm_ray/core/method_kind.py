@@ -1,5 +1,6 @@
 """What a method name means, parsed once (issue 15 §1). Pure python: the config tree, the
-driver, the multi-run procedures, compare and preflight all read a method through this.
+method families (`idrm_ray/methods/`, which own what a run asks of the worker: loss
+settings, margin, head), compare and preflight all read a method through this.
 
 A name is a base objective, optionally prefixed `id+` for training with L_ID as well
 (METHOD.md Eq. 3; Table 3's combinations). The base objectives (METHOD.md §10):
@@ -31,16 +32,6 @@ class MethodKind:
     name: str  # as written in method.name
     distills: bool  # trains with L_ID, so needs the teacher
     base: str  # the base objective (BASES)
-
-    @property
-    def head(self) -> str:
-        """The student's head: `scalar` (Linear(hidden, 1)) or `ib` (InfoRM's bottleneck)."""
-        return "ib" if self.base == "inform" else "scalar"
-
-    @property
-    def uses_margin(self) -> bool:
-        """The pairs carry a margin into the BT loss (AM)."""
-        return self.base == "am"
 
     @property
     def member_kind(self) -> str:
