@@ -1,4 +1,4 @@
-"""Two Ray Train workers under DeepSpeed ZeRO-2 and ZeRO-3 (CPU, gloo) agree with one worker.
+"""Two Ray Train workers under DeepSpeed ZeRO-3 (CPU, gloo) agree with one worker.
 
 The comparison has to survive the streaming split: which worker gets which pairs, and in
 what order, is decided by Ray Data at run time. So the training set is ONE bundled pair
@@ -16,6 +16,14 @@ and the split hands out whole blocks), so one worker runs out within the 8 steps
 stepping on zero-weight fillers (`ingest.synced_batches`) while metrics are logged every step:
 the ragged end, its normalisation and its collectives are part of what must match (this is
 the case that deadlocked before step_metrics kept every rank's metric keys alike).
+
+Ray Train fits only where Ray is what is checked (issue 15 §5): the two-worker ZeRO-3 runs
+(ID with gradient checkpointing; InfoRM) stream through Ray Data's split into two Ray Train
+workers. The one-worker references are in-process runs of the same loop (`run.local`;
+test_local_run.py checks a local run against a one-worker Ray Train run at rel 1e-5). Left out
+as not distinct: ZeRO-2 and plain-BT ZeRO-3 under Ray. ID's L_BT under ZeRO-3 is BT's loss
+under ZeRO-3 plus the capture; ZeRO-2 against one process is test_strategy.py's (no Ray), and
+ZeRO-2 under Ray Train, with per-rank optimizer shards saved and restored, is test_resume.py's.
 
 Tolerances (fp32), the same reasoning and numbers as test_strategy.py (which checks the
 strategies alone, without Ray): the runs differ only in float summation order (two 4-row
@@ -46,16 +54,15 @@ COMMON = (
     "method.name=bt", f"optim.max_steps={STEPS}", "optim.global_batch_size=8", "optim.micro_batch_size=4",
     "optim.lr=1e-3", "optim.warmup_ratio=0.03", "optim.schedule=cosine", "run.log_every=1", "run.eval_every=0",
 )
-ONE, ZERO2 = ("resources.num_workers=1", "deepspeed.enabled=false"), ("resources.num_workers=2", "deepspeed.enabled=true", "deepspeed.zero_stage=2")
+ONE = ("resources.num_workers=1", "deepspeed.enabled=false", "run.local=true")  # in-process reference
 ZERO3 = ("resources.num_workers=2", "deepspeed.enabled=true", "deepspeed.zero_stage=3")
 # ID with gradient checkpointing: the Q/K capture under ZeRO-3 partitions and recomputed blocks.
 # The teacher is the seeded random tiny encoder (no fine-tune), so every run gets the same maps.
-ID = ("method.name=id", "student.gradient_checkpointing=true", "teacher.name_or_path=tiny", "method.id.top_n=2")
-INFORM = ("method.name=inform", "method.inform.latent_dim=16")
+ID = ("method.name=id", "method.compare_bt=false", "student.gradient_checkpointing=true", "teacher.name_or_path=tiny",
+      "method.id.top_n=2")
+INFORM = ("method.name=inform", "method.compare_bt=false", "method.inform.latent_dim=16")
 RUNS = {  # name -> (method folder, overrides)
     "one_worker": ("bt", ONE),
-    "zero2": ("bt", ZERO2),
-    "zero3": ("bt", ZERO3),
     "id_one_worker": ("id", ONE + ID),
     "id_zero3": ("id", ZERO3 + ID),
     "inform_zero3": ("inform", ZERO3 + INFORM),
@@ -83,7 +90,7 @@ def runs(ray_session, guard, make_config, tmp_path_factory):
         summary = guard(lambda: run_train(cfg), timeout_s=FIT_TIMEOUT_S, what=f"run_train {name}")
         run_dir = Path(summary["run_dir"])
         out[name] = {
-            "run": summary["runs"][0],
+            "run": summary["runs"][0], "lam": cfg.method.id.lam,
             "history": [json.loads(line) for line in (run_dir / method / "metrics.jsonl").read_text().splitlines()],
             "init": load_file(run_dir / "assets" / "student" / "model.safetensors"),
             "final": load_file(run_dir / method / "checkpoint" / "model.safetensors"),
@@ -111,8 +118,7 @@ def test_reference_run_trained(runs):
     assert moved > 1e-3
 
 
-@pytest.mark.parametrize("name,ref_name", [("zero2", "one_worker"), ("zero3", "one_worker"),
-                                           ("id_zero3", "id_one_worker")])
+@pytest.mark.parametrize("name,ref_name", [("id_zero3", "id_one_worker")])
 def test_two_workers_match_one_worker(runs, name, ref_name):
     ref, run = runs[ref_name], runs[name]
     assert run["run"]["steps"] == STEPS
@@ -140,18 +146,16 @@ def test_two_workers_match_one_worker(runs, name, ref_name):
     assert worst <= ATOL_PARAMS, f"{name}: max elementwise difference {worst:.2e}"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "one_worker",
-        "zero2",
-    ],
-)
+@pytest.mark.parametrize("name", ["one_worker", "id_one_worker", "id_zero3"])
 def test_logged_loss_is_a_per_pair_mean(runs, name):
-    """For BT the logged `loss` is L_BT, so it must equal the per-pair mean `l_bt`."""
-    loss, l_bt = _train_losses(runs[name]["history"], "loss"), _train_losses(runs[name]["history"], "l_bt")
+    """The logged `loss` is L_BT (+ λ·L_ID for ID), per-pair means over all ranks: with two
+    workers and a ragged end (fillers of weight 0) too."""
+    history, lam = runs[name]["history"], runs[name]["lam"]
+    loss, l_bt = _train_losses(history, "loss"), _train_losses(history, "l_bt")
+    l_id = _train_losses(history, "l_id") if name.startswith("id") else dict.fromkeys(l_bt, 0.0)
     for step, value in l_bt.items():
-        assert loss[step] == pytest.approx(value, rel=RTOL_LOSS), f"step {step}: loss {loss[step]} vs l_bt {value}"
+        want = value + lam * l_id[step]
+        assert loss[step] == pytest.approx(want, rel=RTOL_LOSS), f"step {step}: loss {loss[step]} vs {want}"
 
 
 def test_id_trains_under_zero3_with_gradient_checkpointing(runs):

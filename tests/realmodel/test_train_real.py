@@ -1,6 +1,8 @@
 """The real path end to end (issue 13 §1-§2): the `small_real` preset, reduced, through the
-real pipeline (Ray Data encode + teacher stage, Ray Train worker, checkpoint), with real
-pretrained models as a user has them:
+real pipeline's stages and worker loop (encode stage, teacher stage, the train loop, its
+checkpoint), with real pretrained models as a user has them. The runs are in-process
+(`run.local`, issue 15 §5): what is checked here is the real models' path, not Ray Train, and
+test_local_run.py checks that the same loop gives the same losses under Ray Train.
 
 - student SmolLM2-135M-Instruct converted from its package as it comes: no pad token (pads
   with EOS, written into the saved checkpoint), byte-level BPE, its own chat template
@@ -14,8 +16,8 @@ OpenRLHF's `get_llm_for_sequence_regression`, the reward server's scorer behind 
 and `idrm-ray eval`; and one pair gets the same reward from the training encode path, from
 eval and from the server (train-serve skew would silently degrade PPO).
 
-Cost on 2 cores: ~3-4 min (two short runs of SmolLM2 full fine-tuning, the MiniLM fine-tune,
-Ray start-up per fit).
+Cost on 2 cores: two short runs of SmolLM2 full fine-tuning and the MiniLM fine-tune, no Ray
+start-up (it was ~4 min as three Ray Train fits).
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def _write_data(root: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def real_run(ray_session, guard, tmp_path_factory):
+def real_run(guard, tmp_path_factory):
     from idrm_ray.config import load_config
     from idrm_ray.config.train import TrainJobConfig
     from idrm_ray.pipeline.driver import run_train
@@ -55,7 +57,7 @@ def real_run(ray_session, guard, tmp_path_factory):
         f"run.output_dir={root}", "run.name=real", f"data.train={train}", f"data.eval={evals}",
         f"optim.max_steps={STEPS}", f"optim.global_batch_size={BATCH}", f"optim.micro_batch_size={MICRO}",
         "optim.lr=5e-5", "optim.warmup_ratio=0.1", "run.log_every=1", "logging.wandb_mode=disabled",
-        "teacher.finetune.max_examples=160", "teacher.finetune.eval_fraction=0.1",
+        "teacher.finetune.max_examples=160", "teacher.finetune.eval_fraction=0.1", "run.local=true",
     ]
     cfg = load_config(TrainJobConfig, None, overrides, preset="small_real")
     assert cfg.student.chat_template and cfg.student.max_len == 512 and cfg.teacher.max_len == 256
@@ -131,7 +133,7 @@ def _training_rewards(ckpt: str, run, examples) -> np.ndarray:
     return np.stack([rewards[:n], rewards[n:]], axis=1).reshape(-1)
 
 
-def test_one_pair_scores_the_same_in_training_eval_and_the_server(real_run, tmp_path):
+def test_one_pair_scores_the_same_in_training_eval_and_the_server(real_run, ray_session, tmp_path):
     from fastapi.testclient import TestClient
 
     from idrm_ray.cli import main
