@@ -4,7 +4,8 @@ no Ray) must agree with it, as the full fine-tune does in
 test_strategy.py (same tolerances, same argument: losses and gradient norms to rtol 1e-4,
 parameters to 5e-5 absolute and 1e-3 of the update). Frozen parameters stay bitwise at their
 initial values everywhere, and resuming from `save_state` (adapters, optimizer, scheduler)
-equals continuing, bitwise.
+equals continuing, bitwise. Under ZeRO-3 the student is loaded as the worker loads it (built
+partitioned, filled from safetensors) and the adapters are injected into the partitioned model.
 
 One spawn of 2 ranks runs all scenarios of both settings, so DeepSpeed is imported and its CPU
 comm op loaded once (JIT-compiled on a cold cache: see test_strategy.py).
@@ -24,6 +25,7 @@ import torch.multiprocessing as mp
 
 from idrm_ray.core import tiny
 from idrm_ray.core.peft_student import PeftSettings, apply_peft, merge_lora_state
+from idrm_ray.core.reward_model import save_reward_model
 from idrm_ray.train.strategy import make_strategy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,9 +46,15 @@ def _data(vocab_size: int):
     return ids, torch.randn(ACCUM, ROWS, generator=g)  # targets (A, R)
 
 
-def _build(tok, peft: PeftSettings, seed: int):
-    torch.manual_seed(seed)  # the adapters' own init follows the seed too
-    model = apply_peft(tiny.build_tiny_student(tok, seed=seed), peft)
+def _build(tok, peft: PeftSettings, seed: int, *, strategy=None, student_dir: str | None = None):
+    """The tiny student built here, or (ZeRO-3) loaded partitioned from `student_dir` as the
+    worker loads it (`strategy.load_reward_model`), then LoRA/top blocks applied."""
+    if student_dir is None:
+        model = tiny.build_tiny_student(tok, seed=seed)
+    else:
+        model = strategy.load_reward_model(student_dir, dtype=torch.float32, attn_implementation="sdpa", tokenizer=tok)
+    torch.manual_seed(seed + 1)  # the adapters' init: the same whichever way the base came
+    model = apply_peft(model, peft)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
     return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.1, 1.0 - s / 8))
 
@@ -74,17 +82,17 @@ def _train(strategy, model, data, n_steps: int):
     return losses, norms
 
 
-def _run(kind: str, stage: int | None, tok, peft: PeftSettings, state_dir: Path) -> dict:
+def _run(kind: str, stage: int | None, tok, peft: PeftSettings, state_dir: Path, student_dir: str | None = None) -> dict:
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     data = _data(len(tok))
     strategy = _strategy(kind, stage, world_size)
-    model = strategy.prepare(*_build(tok, peft, seed=0))
+    model = strategy.prepare(*_build(tok, peft, seed=0, strategy=strategy, student_dir=student_dir))
     losses, norms = _train(strategy, model, data, STEPS)
     strategy.save_state(state_dir)
     more_losses, more_norms = _train(strategy, model, data, 1)
     continued = strategy.consolidated_state_dict()
     fresh = _strategy(kind, stage, world_size)
-    fresh_model = fresh.prepare(*_build(tok, peft, seed=1))  # other weights and adapters: load replaces them
+    fresh_model = fresh.prepare(*_build(tok, peft, seed=1, strategy=fresh, student_dir=student_dir))  # load replaces
     fresh.load_state(state_dir)
     resumed_losses, _ = _train(fresh, fresh_model, data, 1)
     return {"losses": losses + more_losses, "norms": norms + more_norms, "resumed_losses": resumed_losses,
@@ -95,7 +103,8 @@ def _scenarios(rank: int, scenarios, tok, out_dir: str) -> None:
     for name, kind, stage in scenarios:
         for setting, peft in SETTINGS.items():
             start = time.perf_counter()
-            result = _run(kind, stage, tok, peft, Path(out_dir) / f"{setting}_{name}_state")
+            student = str(Path(out_dir) / "student") if stage == 3 else None  # ZeRO-3: the worker's load path
+            result = _run(kind, stage, tok, peft, Path(out_dir) / f"{setting}_{name}_state", student)
             result["wall_s"] = time.perf_counter() - start
             if rank == 0:
                 torch.save(result, Path(out_dir) / f"{setting}_{name}.pt")
@@ -143,6 +152,7 @@ def runs(student_tokenizer, tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("strategy_peft")
     start, threads = time.perf_counter(), torch.get_num_threads()
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    save_reward_model(tiny.build_tiny_student(student_tokenizer, seed=0), student_tokenizer, out / "student")
     two = _spawn(2, (_free_port(), student_tokenizer, str(out)))
     torch.set_num_threads(1)
     try:
