@@ -20,8 +20,8 @@ from idrm_ray.core import tiny
 # models or spawns multi-process DeepSpeed: tests using the fixtures below, the realmodel tier,
 # and these modules.
 SLOW_FIXTURES = {"ray_session", "shared_run", "guard"}
-SLOW_MODULES = {"test_auth.py", "test_bad_input.py", "test_cluster.py", "test_eval.py", "test_local_run.py", "test_pipeline.py",
-                "test_serve_ray.py", "test_strategy.py", "test_strategy_peft.py"}
+SLOW_MODULES = {"test_auth.py", "test_bad_input.py", "test_cluster.py", "test_eval.py", "test_local_run.py",
+                "test_pipeline.py", "test_serve_ray.py", "test_strategy.py", "test_strategy_peft.py"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -128,7 +128,8 @@ class LocalSession:
         if checkpoint_dir is None:
             return
         stamp = time.time()
-        name = f"{CHECKPOINT_PREFIX}{time.strftime('%Y-%m-%d_%H-%M-%S', time.localtime(stamp))}.{int(stamp % 1 * 1e6):06d}"
+        clock = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(stamp))
+        name = f"{CHECKPOINT_PREFIX}{clock}.{int(stamp % 1 * 1e6):06d}"  # newest sorts last, as Ray Train's
         shutil.copytree(checkpoint_dir, self.storage / name)
         self.kept.append((LocalCheckpoint(str(self.storage / name)), dict(metrics)))
         while len(self.kept) > self.keep:
