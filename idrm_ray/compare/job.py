@@ -31,7 +31,8 @@ from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.core.method_kind import method_kind
 from idrm_ray.data import bundled_path
 from idrm_ray.pipeline import cluster
-from idrm_ray.pipeline.assets import prepare_student, prepare_teacher, tiny_teacher_dir
+from idrm_ray.pipeline.assets import prepare_student, tiny_teacher_dir
+from idrm_ray.pipeline.teacher_job import prepare_teacher
 from idrm_ray.pipeline.driver import load_data, run_method, train_one
 from idrm_ray.pipeline.methods import member_overrides, run_tasks, score_gaps
 from idrm_ray.pipeline.outputs import tiny_student_note

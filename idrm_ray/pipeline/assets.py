@@ -62,22 +62,6 @@ def tiny_teacher_dir(cfg: TrainJobConfig, run_dir: Path, name: str) -> str:
     return str(out)
 
 
-def prepare_teacher(cfg: TrainJobConfig, run_dir: Path, *, needed: bool) -> tuple[str | None, dict]:
-    if not needed:
-        return None, {}
-    name = cfg.teacher.name_or_path
-    if name == "tiny":
-        return tiny_teacher_dir(cfg, run_dir, "teacher"), {}
-    if name:
-        return name, {}
-    from idrm_ray.pipeline.teacher_job import finetune_teacher
-
-    ft = cfg.teacher.finetune
-    base = tiny_teacher_dir(cfg, run_dir, "teacher_base") if ft.base == "tiny" else ft.base
-    out = Path(ft.output_dir) if ft.output_dir else run_dir / "teacher"
-    return finetune_teacher(cfg, base_dir=base, out_dir=out)
-
-
 def copy_tree(src: str | Path, dst: str | Path) -> None:
     if Path(dst).exists():
         shutil.rmtree(dst)

@@ -22,11 +22,12 @@ from idrm_ray.data import bundled_path, load_preferences
 from idrm_ray.methods.registry import worker_asks
 from idrm_ray.pipeline import cluster, local_run, map_cache, outputs, preflight
 from idrm_ray.pipeline import methods as procedures
-from idrm_ray.pipeline.assets import prepare_student, prepare_teacher, validate_teacher_data
+from idrm_ray.pipeline.assets import prepare_student, validate_teacher_data
 from idrm_ray.pipeline.checkpointing import model_dir as ckpt_model_dir
 from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset, teacher_stream
 from idrm_ray.pipeline.spec import WorkerSpec, peft_settings
 from idrm_ray.pipeline.stages import EncodeStage
+from idrm_ray.pipeline.teacher_job import prepare_teacher
 
 
 def run_dir_for(cfg: TrainJobConfig) -> Path:

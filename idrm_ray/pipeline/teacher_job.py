@@ -9,7 +9,7 @@ import ray
 from idrm_ray import console
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.pipeline import cluster
-from idrm_ray.pipeline.assets import copy_tree, nli_examples
+from idrm_ray.pipeline.assets import copy_tree, nli_examples, tiny_teacher_dir
 from idrm_ray.pipeline.local_run import fit_local
 from idrm_ray.pipeline.session import LocalShard
 from idrm_ray.pipeline.teacher_finetune import (
@@ -19,6 +19,20 @@ from idrm_ray.pipeline.teacher_finetune import (
     per_worker_batch,
     spec_dict,
 )
+
+
+def prepare_teacher(cfg: TrainJobConfig, run_dir: Path, *, needed: bool) -> tuple[str | None, dict]:
+    if not needed:
+        return None, {}
+    name = cfg.teacher.name_or_path
+    if name == "tiny":
+        return tiny_teacher_dir(cfg, run_dir, "teacher"), {}
+    if name:
+        return name, {}
+    ft = cfg.teacher.finetune
+    base = tiny_teacher_dir(cfg, run_dir, "teacher_base") if ft.base == "tiny" else ft.base
+    out = Path(ft.output_dir) if ft.output_dir else run_dir / "teacher"
+    return finetune_teacher(cfg, base_dir=base, out_dir=out)
 
 
 def _nli_rows(examples) -> list[dict]:

@@ -37,7 +37,8 @@ from idrm_ray.config import derive
 from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.pipeline import cluster, map_cache
-from idrm_ray.pipeline.assets import prepare_student, prepare_teacher
+from idrm_ray.pipeline.assets import prepare_student
+from idrm_ray.pipeline.teacher_job import prepare_teacher
 from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset
 from idrm_ray.pipeline.driver import encode_kwargs_for, load_data, teacher_maps_stream
 from idrm_ray.tune.outputs import METRIC, heatmap, portable_yaml, wandb_callbacks, wandb_env, write_table
