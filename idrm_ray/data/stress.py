@@ -26,7 +26,7 @@ Training pairs are half `early/id`, half `copy/id`; eval pairs are drawn first, 
 random stream, and no eval prompt repeats a training prompt. NLI pairs (the teacher's
 fine-tune) are `generate.nli_row`s of the same world, balanced labels. `baselines.json` holds
 the length-only, last-token-only and spurious-cue baselines of every set
-(`idrm_ray.eval.shortcuts`), fitted on the training pairs.
+(`idrm_ray.data.shortcuts`), fitted on the training pairs.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from pathlib import Path
 
 from idrm_ray.data.generate import ACKS, INTROS, OBJECTS, SMALL_TALK, SUBJECTS, VERBS, Fact, _unique, cap, nli_row, \
     sample_facts, to_jsonl
-from idrm_ray.eval.shortcuts import chance_band, shortcut_baselines
+from idrm_ray.data.shortcuts import chance_band, shortcut_baselines
 
 STRESS_DIR = Path(__file__).resolve().parent / "bundled" / "stress"
 DEFAULT_SEED = 0

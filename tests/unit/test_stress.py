@@ -1,12 +1,12 @@
 """The attention-hacking stress sets (idrm_ray.data.stress) and the shortcut baselines
-(idrm_ray.eval.shortcuts): deterministic, no leak through length or the last token, the
+(idrm_ray.data.shortcuts): deterministic, no leak through length or the last token, the
 planted cue at 1 in distribution and 0 out of it."""
 import json
 
 import pytest
 
 from idrm_ray.data import stress
-from idrm_ray.eval.shortcuts import chance_band, shortcut_baselines
+from idrm_ray.data.shortcuts import chance_band, shortcut_baselines
 
 SMALL = {"pref_train": 400, "per_eval_kind": 60, "nli_train": 90, "nli_eval": 30}
 
