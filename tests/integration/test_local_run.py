@@ -6,13 +6,15 @@ ID (so the teacher maps take both paths too) with the seeded random tiny teacher
 8 pairs as 2 micro-batches of 4 (gradient accumulation), 64 distinct bundled pairs (so the
 stream's order matters), a checkpoint every 4 steps, 32 eval pairs.
 
-Tolerance: rel 1e-5 per step on loss, L_BT and L_ID (a missed step, a reordered pair or a
-wrong normaliser is of order 1e-2). The teacher runs one pair per batch (`teacher.batch_size=1`:
+Tolerance: rel 1e-4 per step on loss, L_BT and L_ID (a missed step, a reordered pair or a
+wrong normaliser is of order 1e-2, a hundred times more). The teacher runs one pair per batch (`teacher.batch_size=1`:
 with 16, the pairs padded together depend on where Ray Data cuts its batches, which changes
 from run to run) and torch one thread, as a Ray worker of 1 CPU does. Measured over four pairs
 of 12-step runs: the losses agree bitwise for 3 steps, within 4e-6 up to step 8, and then
 float-order differences keep growing chaotically: two Ray Train runs of the same seed
-differ by 1.2e-5 at step 9. Hence 8 steps.
+differ by 1.2e-5 at step 9, and a fresh-clone CI run saw 1.3e-5 on L_ID at step 7 (every other
+step bitwise equal). Hence 8 steps, and 1e-4 rather than 1e-5: ten times the float-order
+noise measured, still a hundredth of the smallest real difference.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as a Ray Train worker of 1 CPU runs torch
 
 STEPS, BATCH, MICRO, PAIRS = 8, 8, 4, 64
-REL = 1e-5
+REL = 1e-4
 FIT_TIMEOUT_S = 300
 COMMON = ("method.name=id", "method.compare_bt=false", "teacher.name_or_path=tiny", f"data.max_pairs={PAIRS}",
           "data.max_eval_pairs=32", f"optim.max_steps={STEPS}", f"optim.global_batch_size={BATCH}",
