@@ -25,6 +25,7 @@ from pathlib import Path
 
 import ray
 
+from idrm_ray import console
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.pipeline.records import blocks_to_maps, cache_columns, maps_to_blocks
 
@@ -45,8 +46,8 @@ def hub_revision(repo_id: str) -> str:
     try:
         return Path(snapshot_download(repo_id, local_files_only=True)).name
     except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), not a repo id (HFValidationError)
-        print(f"[idrm] map cache: no local snapshot of {repo_id!r}; its key uses the name only, so a new "
-              "revision will not invalidate maps cached for it")
+        console.warn(f"map cache: no local snapshot of {repo_id!r}; its key uses the name only, so a new "
+                     "revision will not invalidate maps cached for it")
         return "unresolved"
 
 
@@ -104,9 +105,9 @@ def read_or_build(stream_fn, *, root: str, key: str, num_blocks: int, needed: in
         stream_fn().map_batches(maps_to_blocks, batch_format="numpy", num_cpus=0.1).write_parquet(str(tmp))
         (tmp / "_SUCCESS").write_text(json.dumps({"num_blocks": num_blocks, "key": key}))
         _publish(tmp, path)
-        print(f"[idrm] teacher maps cached at {path}")
+        console.info(f"[idrm] teacher maps cached at {path}")
     else:
-        print(f"[idrm] teacher maps read from cache {path}")
+        console.info(f"[idrm] teacher maps read from cache {path}")
     if needed > cached_blocks(path):
         raise ValueError(f"cache {path} holds {cached_blocks(path)} blocks, the run needs {needed}")
     # Read back into the teacher stage's form: the workers see `teacher_maps` either way.
