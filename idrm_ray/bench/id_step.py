@@ -28,7 +28,8 @@ from statistics import median
 import torch
 
 from idrm_ray.bench.measure import (
-    CONFIGS, SMALL_CHUNK, peak_bytes, save_payload, self_cpu_us, simulated_map_memory, static_bytes, train_step,
+    CONFIGS, SMALL_CHUNK, peak_bytes, print_table, save_payload, self_cpu_us, simulated_map_memory, static_bytes,
+    train_step,
 )
 from idrm_ray.bench.workload import StudentShape, Tokenizers, Workload, build_student, build_workload
 from idrm_ray.core.capture import capture_qk
@@ -150,14 +151,6 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "n/a"
 
 
-def _table(title: str, head: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    print(f"\n{title}")
-    print(" | ".join(h.rjust(w) for h, w in zip(head, widths)))
-    for r in rows:
-        print(" | ".join(c.rjust(w) for c, w in zip(r, widths)))
-
-
 def _per_config(res: dict, title: str, values, *, fmt: str, extra=None) -> None:
     """One row per length: the value of each configuration, then each ID config / BT."""
     ids = NAMES[1:]
@@ -170,7 +163,7 @@ def _per_config(res: dict, title: str, values, *, fmt: str, extra=None) -> None:
         rows.append([str(length), *(format(v[n], fmt) for n in NAMES), *(_ratio(v[n], v["BT"]) for n in ids),
                      *(extra[1](r) if extra else [])])
     if rows:
-        _table(title, head, rows)
+        print_table(title, head, rows)
 
 
 def print_report(res: dict, args) -> None:
@@ -197,13 +190,13 @@ def print_report(res: dict, args) -> None:
         small = s[f"chunked_{SMALL_CHUNK}"]
         rows.append([str(length), f"{s['naive'] / MiB:.1f}", f"{s['chunked'] / MiB:.1f}", _ratio(s["naive"], s["chunked"]),
                      f"{small / MiB:.1f}", _ratio(s["naive"], small), f"{s['max_abs_diff']:.1e}"])
-    _table("Simulated maps alone (top block; maps forward + L_ID + backward into Q/K), peak MiB, profiler",
+    print_table("Simulated maps alone (top block; maps forward + L_ID + backward into Q/K), peak MiB, profiler",
            ["length", "naive dense H x n x n", "chunked default", "naive/default", f"chunked {SMALL_CHUNK} rows",
             f"naive/{SMALL_CHUNK} rows", "max |naive-chunked|"], rows)
     keys = ["capture+RoPE", "maps fwd", "maps bwd", "L_ID fwd", "L_ID bwd", "rest"]
     rows = [[str(n), f"{r['time_s']['ID N=1'] - r['time_s']['BT']:.3f}", *(f"{r['split_s'][k]:.3f}" for k in keys)]
             for n, r in res["lengths"].items()]
-    _table("Where the ID N=1 time goes (s; each part timed alone on leaf tensors, CPU time; maps bwd includes "
+    print_table("Where the ID N=1 time goes (s; each part timed alone on leaf tensors, CPU time; maps bwd includes "
            "the checkpoint recompute; rest = (ID - BT) - parts)", ["length", "ID - BT", *keys], rows)
     longest = list(res["lengths"])[-1]
     ops = ", ".join(f"{op} {us / 1e3:.0f} ms" for op, us in res["lengths"][longest]["top_extra_ops_us"].items())

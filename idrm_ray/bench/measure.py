@@ -208,3 +208,12 @@ def rss_child(path: Path, name: str) -> dict[int, dict[str, float]]:
 if __name__ == "__main__":
     torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
     print(json.dumps(rss_child(Path(sys.argv[1]), sys.argv[2])))
+
+
+def print_table(title: str, head: list[str], rows: list[list[str]]) -> None:
+    """A right-aligned text table under its title (the benchmarks' reports)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    print(f"\n{title}")
+    print(" | ".join(h.rjust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        print(" | ".join(c.rjust(w) for c, w in zip(r, widths)))

@@ -39,7 +39,7 @@ from statistics import median
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from idrm_ray.bench.measure import peak_bytes
+from idrm_ray.bench.measure import peak_bytes, print_table
 from idrm_ray.bench.workload import Tokenizers, Workload, build_workload, top_blocks
 from idrm_ray.core.objective import IDSettings, preference_loss
 from idrm_ray.core.peft_student import PeftSettings, apply_peft, trainable_counts
@@ -104,14 +104,6 @@ def run(shape: dict, work: Workload, *, pad_id: int, reps: int) -> dict:
     return res
 
 
-def _table(title: str, head: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    print(f"\n{title}")
-    print(" | ".join(h.rjust(w) for h, w in zip(head, widths)))
-    for r in rows:
-        print(" | ".join(c.rjust(w) for c, w in zip(r, widths)))
-
-
 def print_report(res: dict, args, shape: dict, work: Workload) -> None:
     print(f"\nStudent: SmolLM2-135M shapes ({shape['num_hidden_layers']} blocks, hidden {shape['hidden_size']}, "
           f"{shape['num_attention_heads']}/{shape['num_key_value_heads']} heads, vocab {shape['vocab_size']}), "
@@ -126,7 +118,7 @@ def print_report(res: dict, args, shape: dict, work: Workload) -> None:
                      *(f"{r['time_s'][m]:.2f}" for m in METHODS), *(f"{r['wall_time_s'][m]:.2f}" for m in METHODS),
                      f"{r['time_s']['ID N=1'] / r['time_s']['BT']:.2f}",
                      *(f"{r['time_s'][m] / full['time_s'][m]:.2f}" for m in METHODS)])
-    _table("Trainable parameters and step time (s; CPU time of this process, then wall clock)",
+    print_table("Trainable parameters and step time (s; CPU time of this process, then wall clock)",
            ["student", "trainable", "share", "BT cpu", "ID cpu", "BT wall", "ID wall", "ID/BT",
             "BT/full", "ID/full"], rows)
     rows = []
@@ -136,7 +128,7 @@ def print_report(res: dict, args, shape: dict, work: Workload) -> None:
         rows.append([v, f"{r['resident_bytes'] / MiB:.0f}", *(f"{r['peak_bytes'][m] / MiB:.0f}" for m in METHODS),
                      *(f"{total[m] / MiB:.0f}" for m in METHODS),
                      *(f"{total[m] / full_total[m]:.2f}" for m in METHODS)])
-    _table("Memory (MiB): resident = weights + AdamW moments of the trainable parameters; step peak = profiler's "
+    print_table("Memory (MiB): resident = weights + AdamW moments of the trainable parameters; step peak = profiler's "
            "live tensor bytes above the step's start; total = resident + step peak",
            ["student", "resident", "BT step peak", "ID step peak", "BT total", "ID total", "BT total/full",
             "ID total/full"], rows)
