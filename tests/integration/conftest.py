@@ -121,3 +121,26 @@ def shared_run(ray_session, tmp_path_factory):
     cfg = tiny_config(tmp_path_factory.mktemp("shared"), "default", *shared_overrides())
     summary = call_guarded(lambda: run_train(cfg), timeout_s=SHARED_TIMEOUT_S, what="shared run_train")
     return {"cfg": cfg, "summary": summary, "run_dir": Path(summary["run_dir"]), "pairs": SHARED_PAIRS}
+
+
+@pytest.fixture(scope="session")
+def openrlhf_loader():
+    """OpenRLHF 0.11.2's own reward loader (`get_llm_for_sequence_regression`) with the flash-attn
+    stand-in of test_serve_openrlhf.py (CPU has no flash-attn)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).parent / "test_serve_openrlhf.py"
+    spec = importlib.util.spec_from_file_location("_idrm_openrlhf_contract", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import transformers.modeling_utils  # noqa: F401 - let transformers probe the real flash_attn first
+
+    patch = pytest.MonkeyPatch()
+    if importlib.util.find_spec("flash_attn") is None:
+        for name, mod in module._flash_attn_stand_in().items():
+            patch.setitem(sys.modules, name, mod)
+    from openrlhf.models import get_llm_for_sequence_regression
+
+    yield get_llm_for_sequence_regression
+    patch.undo()

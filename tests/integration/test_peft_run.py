@@ -10,9 +10,7 @@ blocks below stay bitwise the initial student's; `idrm_meta.json` records the se
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -42,25 +40,6 @@ def run(guard, make_config, tmp_path_factory):
     run_dir = Path(summary["run_dir"])
     return {"run_dir": run_dir, "ckpt": run_dir / "id" / "checkpoint", "student": run_dir / "assets" / "student",
             "history": [json.loads(x) for x in (run_dir / "id" / "metrics.jsonl").read_text().splitlines()]}
-
-
-@pytest.fixture(scope="module")
-def openrlhf_loader():
-    """OpenRLHF's own reward loader, with the flash-attn stand-in of test_serve_openrlhf.py."""
-    path = Path(__file__).parent / "test_serve_openrlhf.py"
-    spec = importlib.util.spec_from_file_location("_idrm_openrlhf_contract_peft", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    import transformers.modeling_utils  # noqa: F401 - let transformers probe the real flash_attn first
-
-    patch = pytest.MonkeyPatch()
-    if importlib.util.find_spec("flash_attn") is None:
-        for name, mod in module._flash_attn_stand_in().items():
-            patch.setitem(sys.modules, name, mod)
-    from openrlhf.models import get_llm_for_sequence_regression
-
-    yield get_llm_for_sequence_regression
-    patch.undo()
 
 
 def _rewards(model, tok) -> torch.Tensor:

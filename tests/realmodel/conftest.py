@@ -54,23 +54,4 @@ def _sibling(relative: str, name: str):
 # One local Ray per session and the hang guard, as the integration tier has them.
 _integration = _sibling("integration/conftest.py", "_idrm_integration_conftest")
 ray_session, guard, call_guarded = _integration.ray_session, _integration.guard, _integration.call_guarded
-
-
-@pytest.fixture(scope="session")
-def openrlhf_loader():
-    """OpenRLHF 0.11.2's own reward loader with the flash-attn stand-in of the integration
-    tier's checkpoint-contract test (CPU has no flash-attn)."""
-    module = _sibling("integration/test_serve_openrlhf.py", "_idrm_openrlhf_contract")
-    patch = pytest.MonkeyPatch()
-    import importlib.util
-    import sys
-
-    import transformers.modeling_utils  # noqa: F401 - let transformers probe the real flash_attn first
-
-    if importlib.util.find_spec("flash_attn") is None:
-        for name, mod in module._flash_attn_stand_in().items():
-            patch.setitem(sys.modules, name, mod)
-    from openrlhf.models import get_llm_for_sequence_regression
-
-    yield get_llm_for_sequence_regression
-    patch.undo()
+openrlhf_loader = _integration.openrlhf_loader
