@@ -15,7 +15,7 @@ from ray.data import DataContext
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from idrm_ray import console
+from idrm_ray import console, local_ray
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.pipeline.dataset import ExactlyOnceDataConfig, StagePlacement
 
@@ -25,7 +25,9 @@ def init_ray(address: str) -> None:
     Locally we declare at least 4 logical CPUs: the stages ask for CPU fractions, and
     2-core machines would otherwise leave Ray Data no budget (STACK_NOTES.md). With no
     address, a new local Ray starts even when another one runs on this machine (`ray start`):
-    joining it by accident would run the job under someone else's resources.
+    joining it by accident would run the job under someone else's resources; and its workers
+    are pinned to it (`local_ray`), or Ray Train's placement-group cleaner may ask the other one
+    whether this run lives and tear it down.
 
     In a quiet CLI session (`console`, no --verbose) the workers' output stays in Ray's session
     logs (log_to_driver=False), Ray Data draws no progress bars, and the workers' progress
@@ -35,7 +37,7 @@ def init_ray(address: str) -> None:
         if address or os.environ.get("RAY_ADDRESS"):  # a cluster (e.g. under `ray job submit`)
             context = ray.init(address=address or None, log_to_driver=not quiet)
         else:
-            context = ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), log_to_driver=not quiet)
+            context = local_ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=not quiet)
         if context.dashboard_url:  # the Ray Data operators and idrm_* metrics show up there
             console.info(f"[idrm] Ray dashboard: http://{context.dashboard_url}")
         if quiet:

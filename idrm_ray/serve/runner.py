@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from idrm_ray import local_ray
 from idrm_ray.config import ConfigError
 from idrm_ray.config.serve import ServeJobConfig
 
@@ -150,7 +151,10 @@ def _start_ray(cfg: ServeJobConfig, token: str | None) -> ServerHandle:
     if not ray.is_initialized():
         # "local", not None: None would join whatever Ray this machine started last
         # (/tmp/ray/ray_current_cluster), e.g. someone else's test cluster.
-        ray.init(address=s.ray_address or "local", log_to_driver=False)
+        if s.ray_address:
+            ray.init(address=s.ray_address, log_to_driver=False)
+        else:
+            local_ray.init(log_to_driver=False)
     serve.start(http_options={"host": s.host, "port": s.port})
     serve.run(build_application(cfg, token), name=s.app_name, route_prefix="/", blocking=False)
     url = f"http://{_client_host(s.host)}:{s.port}"

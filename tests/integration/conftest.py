@@ -70,10 +70,14 @@ def call_guarded(fn, *, timeout_s: float, what: str):
 def _start_ray() -> None:
     import ray
 
+    from idrm_ray import local_ray
+
     if not ray.is_initialized():
         # address="local": without it Ray joins the cluster this machine started last
-        # (/tmp/ray/ray_current_cluster, e.g. a ray.cluster_utils.Cluster of another test run).
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        # (/tmp/ray/ray_current_cluster, e.g. a ray.cluster_utils.Cluster of another test run);
+        # local_ray pins the workers to this one (another Ray beside it, e.g. a second pytest
+        # process, would otherwise be asked whether our Train runs live).
+        local_ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
 
 
 def _restart_ray() -> None:

@@ -130,7 +130,7 @@ import functools  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 LAYERS = {
-    "packaged": 0, "console": 0, "core": 1, "data": 2, "config": 3, "train": 4, "methods": 4,
+    "packaged": 0, "console": 0, "local_ray": 0, "core": 1, "data": 2, "config": 3, "train": 4, "methods": 4,
     "pipeline": 5, "eval": 5, "serve": 5,
     "compare": 6, "tune": 6, "bench": 6, "ppo": 6, "cli": 7,
 }
