@@ -15,6 +15,11 @@ import torch
 
 from idrm_ray.core import tiny
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two pytest workers on 2 cores: one intra-op thread each, or their OpenMP threads spin
+    # against each other (the in-process runs of the realmodel tier, the methods' compare).
+    torch.set_num_threads(1)
+
 
 # `-m "not slow"` (the edit-test loop) leaves out what starts Ray or Ray Train, loads the real
 # models or spawns multi-process DeepSpeed: tests using the fixtures below, the realmodel tier,
@@ -24,10 +29,18 @@ SLOW_MODULES = {"test_auth.py", "test_bad_input.py", "test_cluster.py", "test_ev
                 "test_pipeline.py", "test_serve_ray.py", "test_strategy.py", "test_strategy_peft.py"}
 
 
+# `-n 2 --dist loadgroup` (pytest-xdist, the README's test command): each module is one group,
+# so its module-scoped run is built once, on one worker; the modules that assert on the
+# session's `shared_run` share a group, so it is trained once.
+SHARED_RUN_GROUP = "shared_run"
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    shared = {str(i.fspath) for i in items if "shared_run" in getattr(i, "fixturenames", ())}
     for item in items:
         path = str(item.fspath)
+        item.add_marker(pytest.mark.xdist_group(SHARED_RUN_GROUP if path in shared else path))
         if (SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or os.path.basename(path) in SLOW_MODULES
                 or f"{os.sep}realmodel{os.sep}" in path):
             item.add_marker(pytest.mark.slow)
