@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     if args.command in EVAL_COMMANDS:
         if getattr(args, "use_ray", False):  # eval scores on a started Ray; it never starts one itself
-            from idrm_ray.pipeline.cluster import init_ray
+            from idrm_ray.stream.cluster import init_ray
 
             init_ray(args.ray_address)
         return run_eval_command(args)
@@ -154,11 +154,11 @@ def _run(command: str, cfg: TrainJobConfig, args: argparse.Namespace | None = No
                     eval_sources=args.eval)
         return 0
     if command == "teacher":
-        from idrm_ray.pipeline.driver import run_teacher
+        from idrm_ray.run.driver import run_teacher
 
         run_teacher(cfg)
         return 0
-    from idrm_ray.pipeline.driver import run_train
+    from idrm_ray.run.driver import run_train
 
     run_train(cfg)
     return 0

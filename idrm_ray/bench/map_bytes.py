@@ -15,7 +15,7 @@ the teacher's window), both with fp16 maps; "after-u8" is "after" with the opt-i
 (`teacher.map_format=u8`), with its error against fp16. Wire bytes are what the teacher stage
 ships (`teacher_map_bytes`); cache bytes are the Parquet file of the per-block map columns as Ray Data writes them
 (its tensor extension, default snappy compression), per pair. The token-level reference is
-`pipeline.ingest.map_bytes_stats`'s.
+`train.ingest.map_bytes_stats`'s.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def parquet_bytes(maps: list[np.ndarray], num_blocks: int) -> int:
     import pyarrow.parquet as pq
     from ray.data.block import BlockAccessor
 
-    from idrm_ray.pipeline.records import maps_to_blocks
+    from idrm_ray.data.records import maps_to_blocks
 
     columns = maps_to_blocks({"teacher_maps": maps})
     table = BlockAccessor.batch_to_block({k: v for k, v in columns.items() if k.startswith("teacher_maps_k")})
@@ -84,7 +84,7 @@ def measure(examples, student_tok, teacher_tok, teacher, *, student_max_len: int
             rule: str, num_blocks: int, fmt: str = "fp16") -> dict:
     """Mean bytes per pair of one window setting, unit rule and map format."""
     from idrm_ray.core.units import encode_pairs
-    from idrm_ray.pipeline.ingest import map_bytes_stats
+    from idrm_ray.train.ingest import map_bytes_stats
 
     encs = encode_pairs(examples, student_tok, teacher_tok, student_max_len=student_max_len,
                         teacher_max_len=teacher_max_len, map_units=rule)

@@ -74,7 +74,7 @@ def child(method: str, out: str, sources: list[str]) -> dict:
     from transformers import AutoConfig, AutoModelForSequenceClassification  # noqa: F401 - imported before the baseline
 
     from idrm_ray.core.reward_model import cached_tokenizer
-    from idrm_ray.pipeline.methods import write_average
+    from idrm_ray.multirun.tools import write_average
 
     config = AutoConfig.from_pretrained(sources[0])
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING

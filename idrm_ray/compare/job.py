@@ -22,20 +22,28 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from idrm_ray.compare.table import bar_plot, summarise, write_significance, write_tables
 from idrm_ray import console
+from idrm_ray.compare.table import bar_plot, summarise, write_significance, write_tables
 from idrm_ray.compare.variants import Variant, needs_members
 from idrm_ray.config import derive
 from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.core.method_kind import method_kind
 from idrm_ray.data import bundled_path
-from idrm_ray.pipeline import cluster
-from idrm_ray.pipeline.assets import prepare_student, tiny_teacher_dir
-from idrm_ray.pipeline.teacher_job import prepare_teacher
-from idrm_ray.pipeline.driver import load_data, run_method, train_one
-from idrm_ray.pipeline.methods import member_overrides, run_tasks, score_gaps
-from idrm_ray.pipeline.outputs import tiny_student_note
+from idrm_ray.run import (
+    init_ray,
+    load_data,
+    member_overrides,
+    prepare_student,
+    prepare_teacher,
+    run_method,
+    run_tasks,
+    runs_that_fit,
+    score_gaps,
+    tiny_student_note,
+    tiny_teacher_dir,
+    train_one,
+)
 
 DEFAULT_SHUFFLE = 256  # seeds differ in data order (and any new head's init)
 # `idrm-ray compare` with no config: the embedded default (preset tiny) cut so that the nine
@@ -61,13 +69,13 @@ def run_compare(cfg: TrainJobConfig, variants: list[Variant], seeds: list[int], 
     columns = eval_columns(cfg, evals, eval_sources)
     console.run_folder(out, f"[idrm] compare in {out}: {[v.name for v in variants]} x seeds {seeds}; "
                             f"{len(train)} train pairs, eval columns {[c for c, _ in columns]}")
-    cluster.init_ray(cfg.resources.ray_address)
+    init_ray(cfg.resources.ray_address)
     base = derive(cfg, {"student.name_or_path": prepare_student(cfg, out),
                         "teacher.cache_dir": cfg.teacher.cache_dir or str(out / "map_cache"),
                         "data.shuffle_buffer": cfg.data.shuffle_buffer or DEFAULT_SHUFFLE, "method.compare_bt": False})
     teachers = prepare_teachers(cfg, variants, out)
     plan = make_plan(base, len(train))
-    limit = cfg.method.ensemble.concurrency or cluster.runs_that_fit(cfg)
+    limit = cfg.method.ensemble.concurrency or runs_that_fit(cfg)
     am_rated = all(e.margin is not None for e in train) and cfg.method.am.source != "ensemble"
     kinds = sorted(needs_members(variants, am_from_ratings=am_rated))
 

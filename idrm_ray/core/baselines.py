@@ -1,7 +1,7 @@
 """The baselines' own math (METHOD.md §10): AM-RM margins, LF-RM flips and label smoothing,
 WARM weight averaging and the InfoRM information-bottleneck head. Pure torch (WARM's file
 average also reads and writes safetensors); the procedures that train ensembles live in
-`idrm_ray.pipeline.methods`.
+`idrm_ray.multirun.tools`.
 
     preference_strength   (M, P) member reward gaps -> mean μ̂ and spread σ̂ per pair (Secrets-II)
     am_margins            μ̂ clipped at >= 0 (the proxy margin of AM-RM without ratings)

@@ -9,5 +9,5 @@ registry in `registry.py` (base name -> module). A family module holds
 `id+X` is composed, not copied: X's procedure runs with the `id+X` name, so every run it
 trains asks for X's settings and, through `id.worker_asks`, for L_ID. The procedures get
 their Ray machinery (train one run, train members, score, average) as `MethodRun.tools`
-from `pipeline/methods.py`, so this package sits below the pipeline and imports no Ray.
+from `multirun/tools.py`, so this package sits below `multirun` and `run` and imports no Ray.
 """

@@ -1,5 +1,5 @@
 """What a family's procedure works on: one method's run (`MethodRun`) and the driver-side
-tools it may call (`Tools`, implemented over Ray in `pipeline/methods.py`)."""
+tools it may call (`Tools`, implemented over Ray in `multirun/tools.py`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

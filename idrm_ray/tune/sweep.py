@@ -36,11 +36,19 @@ from idrm_ray import console
 from idrm_ray.config import derive
 from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
-from idrm_ray.pipeline import cluster, map_cache
-from idrm_ray.pipeline.assets import prepare_student
-from idrm_ray.pipeline.teacher_job import prepare_teacher
-from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset
-from idrm_ray.pipeline.driver import encode_kwargs_for, load_data, teacher_maps_stream
+from idrm_ray.run import (
+    cache_key,
+    encode_kwargs_for,
+    encoded_stream,
+    examples_dataset,
+    init_ray,
+    load_data,
+    prepare_student,
+    prepare_teacher,
+    runs_that_fit,
+    stage_placement,
+    teacher_maps_stream,
+)
 from idrm_ray.tune.outputs import METRIC, heatmap, portable_yaml, wandb_callbacks, wandb_env, write_table
 from idrm_ray.tune.trial import run_trial, trial_config, trial_row
 
@@ -48,8 +56,8 @@ from idrm_ray.tune.trial import run_trial, trial_config, trial_row
 
 
 def max_concurrent(cfg: TrainJobConfig) -> int:
-    """Trials that fit at once (`cluster.runs_that_fit`: one trial is one train run)."""
-    return cluster.runs_that_fit(cfg)
+    """Trials that fit at once (`runs_that_fit`: one trial is one train run)."""
+    return runs_that_fit(cfg)
 
 
 
@@ -78,14 +86,14 @@ def build_cache(cfg: TrainJobConfig, *, train, student_dir: str, teacher_dir: st
     """The teacher maps for N_max blocks, through the pipeline's own cache path, once."""
     cfg_max = derive(cfg, {"method.id.top_n": n_max})
     ek = encode_kwargs_for(cfg_max, student_dir, teacher_dir)
-    key = map_cache.cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train, encode_kwargs=ek,
+    key = cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train, encode_kwargs=ek,
                               num_blocks=n_max, renormalize=cfg_max.method.id.mode,  # as teacher_maps_stream
                               head_renorm=cfg_max.method.id.teacher_head_renorm,
                               map_format=cfg_max.teacher.map_format)
     path = Path(cfg.teacher.cache_dir) / key
     existed = (path / "_SUCCESS").exists()
     t0 = time.perf_counter()
-    placement = cluster.stage_placement(cfg_max)
+    placement = stage_placement(cfg_max)
     ds = teacher_maps_stream(cfg_max, encoded_stream(examples_dataset(train), encode_kwargs=ek, placement=placement),
                              train=train, teacher_dir=teacher_dir, student_dir=student_dir, encode_kwargs=ek,
                              placement=placement)
@@ -117,7 +125,7 @@ def run_sweep(cfg: TrainJobConfig, lams=(0.4, 1.0), top_ns=(1, 2), *, sweep_dir:
     train, evals, _ = load_data(cfg, sweep_dir)
     console.run_folder(sweep_dir, f"[idrm] sweep in {sweep_dir}: λ {list(lams)} x N {list(top_ns)}, "
                                   f"{len(train)} train pairs")
-    cluster.init_ray(cfg.resources.ray_address)
+    init_ray(cfg.resources.ray_address)
     student_dir = prepare_student(cfg, sweep_dir)
     teacher_dir, _ = prepare_teacher(cfg, sweep_dir, needed=True)
     # Trials use the prepared assets by path (no per-trial fine-tune, same cache key).

@@ -10,7 +10,7 @@ from idrm_ray.config import derive
 from idrm_ray.config.loader import dump_yaml
 from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
-from idrm_ray.pipeline.driver import train_one
+from idrm_ray.run import train_one
 
 __all__ = ["TRIAL_INFO", "run_trial", "trial_config", "trial_row"]
 

@@ -120,7 +120,7 @@ def make_config():
 @pytest.fixture(scope="session")
 def shared_run(ray_session, tmp_path_factory):
     """The embedded default, reduced (`shared_overrides`): teacher fine-tune, then BT and ID."""
-    from idrm_ray.pipeline.driver import run_train
+    from idrm_ray.run.driver import run_train
 
     cfg = tiny_config(tmp_path_factory.mktemp("shared"), "default", *shared_overrides())
     summary = call_guarded(lambda: run_train(cfg), timeout_s=SHARED_TIMEOUT_S, what="shared run_train")

@@ -96,7 +96,7 @@ def test_teacher_nli_data_errors_through_the_teacher_loader(tmp_path):
     the CLI's line, and skip_bad_rows counting the row instead."""
     from idrm_ray.cli import bad_input_line
     from idrm_ray.data import DataError
-    from idrm_ray.pipeline.assets import nli_examples
+    from idrm_ray.teacher.assets import nli_examples
 
     bad = CORPUS / "nli_label_out_of_range.jsonl"
     cfg = load_config(TrainJobConfig, preset="tiny", overrides=[f"teacher.finetune.data={bad}"])
@@ -112,7 +112,7 @@ def test_teacher_nli_data_errors_through_the_teacher_loader(tmp_path):
 
 
 def test_skip_bad_rows_lists_train_and_eval_skips_in_the_run_folder(tmp_path):
-    from idrm_ray.pipeline.driver import load_data
+    from idrm_ray.run.driver import load_data
 
     train = tmp_path / "train.jsonl"
     train.write_text((GOOD + "\n") * 5 + (CORPUS / "missing_field.jsonl").read_text()

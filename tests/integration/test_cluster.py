@@ -121,7 +121,7 @@ def _instrumented_loop(*, log_dir: str, hold_marker: str):
         import ray.train
         import torch
 
-        from idrm_ray.pipeline import worker
+        from idrm_ray.train import worker
 
         torch.set_num_threads(1)
         node, rank = ray.get_runtime_context().get_node_id(), ray.train.get_context().get_world_rank()
@@ -162,7 +162,7 @@ def _instrumented_loop(*, log_dir: str, hold_marker: str):
 def _recording_teacher_class():
     """The real teacher stage, recording each actor's node; the first actor holds on its 3rd
     batch (of 16 pairs; epoch 0) until the test kills it."""
-    from idrm_ray.pipeline.stages import TeacherStage
+    from idrm_ray.stream.stages import TeacherStage
 
     class RecordingTeacher(TeacherStage):
         def __init__(self, teacher_path, *, log_dir, **kwargs):
@@ -231,7 +231,8 @@ def _latest_registered_step(storage: Path) -> int:
 def faulty_run(sim_cluster, make_config, tmp_path_factory):
     """One `run_train` of two epochs: the teacher actor killed in epoch 0, rank 1's student node
     removed (and a fresh one added) in epoch 1."""
-    from idrm_ray.pipeline import dataset, driver
+    from idrm_ray.run import driver
+    from idrm_ray.stream import dataset
 
     root = tmp_path_factory.mktemp("cluster")
     evals = root / "eval.jsonl"

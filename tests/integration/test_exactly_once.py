@@ -42,8 +42,9 @@ FIT_TIMEOUT_S = 240
 @pytest.fixture(scope="module")
 def stream_setup(ray_session, make_config, tmp_path_factory):
     from idrm_ray.data import bundled_path, load_preferences
-    from idrm_ray.pipeline import cluster
-    from idrm_ray.pipeline.assets import prepare_student, tiny_teacher_dir
+    from idrm_ray.run.assets import prepare_student
+    from idrm_ray.stream import cluster
+    from idrm_ray.teacher.assets import tiny_teacher_dir
 
     root = tmp_path_factory.mktemp("exactly_once")
     cfg = make_config(root, "stream", "resources.num_workers=2", "method.name=id",
@@ -61,7 +62,7 @@ def stream_setup(ray_session, make_config, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_fingerprints(stream_setup):
     """`_fingerprint` per pair id, computed in-process with the plain stage classes."""
-    from idrm_ray.pipeline.stages import EncodeStage, TeacherStage
+    from idrm_ray.stream.stages import EncodeStage, TeacherStage
 
     s = stream_setup
     encode, teacher = EncodeStage(**s["encode_kwargs"]), TeacherStage(**s["teacher_kwargs"])
@@ -89,7 +90,7 @@ def _recording_loop(config: dict) -> None:
 
     import ray.train
 
-    from idrm_ray.pipeline.ingest import synced_batches
+    from idrm_ray.train.ingest import synced_batches
     from idrm_ray.train.strategy import make_strategy
 
     strategy = make_strategy("torch", precision="fp32")
@@ -110,8 +111,8 @@ def _recording_loop(config: dict) -> None:
 
 
 def _fit(setup: dict, *, guard, out: Path, epochs: int) -> None:
-    from idrm_ray.pipeline import cluster
-    from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset, teacher_stream
+    from idrm_ray.stream import cluster
+    from idrm_ray.stream.dataset import encoded_stream, examples_dataset, teacher_stream
 
     out.mkdir()
     ds = encoded_stream(examples_dataset(setup["examples"]), encode_kwargs=setup["encode_kwargs"], placement=setup["placement"])
@@ -141,7 +142,7 @@ def _assert_exactly_once(out: Path, epoch: int, reference: dict[int, list]) -> N
 def _holding_teacher_class():
     """The real stage, except that the first actor of the SECOND epoch blocks on its 3rd
     batch until the test kills it (epoch 0 stays the fault-free reference)."""
-    from idrm_ray.pipeline.stages import TeacherStage
+    from idrm_ray.stream.stages import TeacherStage
 
     class HoldingTeacher(TeacherStage):
         def __init__(self, teacher_path, *, hold_dir, records_dir, **kwargs):
@@ -164,7 +165,7 @@ def _holding_teacher_class():
 @pytest.fixture(scope="module")
 def delivered(stream_setup, guard):
     """One 2-epoch fit: epoch 0 undisturbed, the teacher actor SIGKILLed mid-stream in epoch 1."""
-    from idrm_ray.pipeline import dataset
+    from idrm_ray.stream import dataset
 
     root = stream_setup["root"]
     hold_dir, records_dir = root / "hold", root / "records"

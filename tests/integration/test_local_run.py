@@ -46,7 +46,8 @@ def _read(summary: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def both(ray_session, guard, make_config, tmp_path_factory):
-    from idrm_ray.pipeline import cluster, driver
+    from idrm_ray.run import driver
+    from idrm_ray.stream import cluster
 
     root = tmp_path_factory.mktemp("local_vs_ray")
     ray_run = guard(lambda: driver.run_train(make_config(root, "ray", *COMMON)), timeout_s=FIT_TIMEOUT_S,
@@ -117,7 +118,7 @@ def test_local_run_of_the_embedded_default_needs_no_ray(tmp_path, monkeypatch):
     import ray
 
     from idrm_ray.cli import main
-    from idrm_ray.pipeline import cluster
+    from idrm_ray.stream import cluster
 
     for target, name in ((cluster, "init_ray"), (cluster, "fit"), (ray, "init")):
         monkeypatch.setattr(target, name, lambda *a, _n=name, **k: pytest.fail(f"a local run called {_n}"))

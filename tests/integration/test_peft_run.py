@@ -32,7 +32,7 @@ TEXTS = ["Human: What does the cat like?\n\nAssistant: The cat likes the ball.",
 
 @pytest.fixture(scope="module")
 def run(guard, make_config, tmp_path_factory):
-    from idrm_ray.pipeline import driver
+    from idrm_ray.run import driver
 
     root = tmp_path_factory.mktemp("peft_run")
     summary = guard(lambda: driver.run_train(make_config(root, "peft", *OVERRIDES)), timeout_s=300,

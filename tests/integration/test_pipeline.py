@@ -119,7 +119,7 @@ def test_student_learns(shared_run, eval_rows, heldout_rows, method):
 def eval_rows(shared_run):
     """The bundled eval pairs encoded exactly as the driver encodes them for the workers."""
     from idrm_ray.data import bundled_path, load_preferences
-    from idrm_ray.pipeline.driver import encode_eval
+    from idrm_ray.run.driver import encode_eval
 
     evals, _ = load_preferences(bundled_path("pref_eval"))
     return encode_eval(evals, _encode_kwargs(shared_run))
@@ -129,7 +129,7 @@ def eval_rows(shared_run):
 def heldout_rows(shared_run):
     """HELDOUT_EXTRA bundled train pairs the run never read, encoded like the eval pairs."""
     from idrm_ray.data import bundled_path, load_preferences
-    from idrm_ray.pipeline.driver import encode_eval
+    from idrm_ray.run.driver import encode_eval
 
     pairs, _ = load_preferences(bundled_path("pref_train"))
     trained, rest = pairs[: shared_run["pairs"]], pairs[shared_run["pairs"] :]
@@ -158,7 +158,7 @@ def _load(path):
 
 def _eval_rewards(model, rows, *, pad_id: int, micro: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     from idrm_ray.core.reward_model import compute_rewards
-    from idrm_ray.pipeline.ingest import stack_rows, to_student_batch
+    from idrm_ray.train.ingest import stack_rows, to_student_batch
 
     chosen, rejected = [], []
     with torch.no_grad():

@@ -41,7 +41,7 @@ def _instrumented_loop(*, log: str, die_after: int | None = None, nan_after: tup
 
         import torch
 
-        from idrm_ray.pipeline import worker
+        from idrm_ray.train import worker
 
         original_after, original_micro = worker._WorkerRun._after_step, worker._WorkerRun.micro_step
         original_loss = worker.preference_loss
@@ -95,7 +95,7 @@ def _checkpoints(run_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def recovered(ray_session, guard, make_config, tmp_path_factory):
-    from idrm_ray.pipeline import driver
+    from idrm_ray.run import driver
 
     root = tmp_path_factory.mktemp("recovery")
     evals = root / "eval32.jsonl"
@@ -149,7 +149,7 @@ def test_injected_nan_steps_are_skipped_counted_and_leave_weights_untouched(reco
 
 def test_consecutive_nan_losses_stop_the_run_naming_step_and_component(guard, make_config, tmp_path):
     """The worker loop's own rule, not Ray's: an in-process run (`run.local`)."""
-    from idrm_ray.pipeline import driver
+    from idrm_ray.run import driver
 
     cfg = make_config(
         tmp_path, "allnan", "method.name=bt", "method.compare_bt=false", "data.max_pairs=64",

@@ -32,7 +32,7 @@ def _failing_loop(*, marker: str, steps_log: str, fail_after: int):
 
         import ray.train
 
-        from idrm_ray.pipeline import worker
+        from idrm_ray.train import worker
 
         original = worker._WorkerRun._after_step
 
@@ -54,7 +54,7 @@ def _failing_loop(*, marker: str, steps_log: str, fail_after: int):
 
 @pytest.fixture(scope="module")
 def resumed(ray_session, guard, make_config, tmp_path_factory):
-    from idrm_ray.pipeline import driver
+    from idrm_ray.run import driver
 
     root = tmp_path_factory.mktemp("resume")
     evals = root / "eval32.jsonl"

@@ -37,7 +37,7 @@ class _SlowFirst:
 def _shards(delay: bool) -> list[list[int]]:
     import ray
 
-    from idrm_ray.pipeline.dataset import ExactlyOnceDataConfig
+    from idrm_ray.stream.dataset import ExactlyOnceDataConfig
 
     ds = ray.data.range(ROWS, override_num_blocks=8).map_batches(
         _SlowFirst, fn_constructor_kwargs={"delay": delay}, concurrency=2, batch_size=8, num_cpus=0.25)

@@ -15,8 +15,8 @@ EXAMPLES, BATCH, EPOCHS, WARMUP, LR = 480, 16, 2, 0.2, 1e-3
 def test_two_workers_split_each_step_and_follow_the_schedule(ray_session, guard, make_config, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from idrm_ray.pipeline.teacher_job import prepare_teacher
-    from idrm_ray.pipeline.teacher_finetune import LinearSchedule
+    from idrm_ray.teacher.finetune import LinearSchedule
+    from idrm_ray.teacher.job import prepare_teacher
 
     cfg = make_config(tmp_path, "ft", f"teacher.finetune.max_examples={EXAMPLES}", f"teacher.finetune.epochs={EPOCHS}",
                       f"teacher.finetune.batch_size={BATCH}", "teacher.finetune.num_workers=2",

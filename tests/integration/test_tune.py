@@ -130,7 +130,7 @@ def test_best_config_trains_from_cache(sweep, guard, tmp_path):
     """`idrm-ray train --config best_config.yaml` path: trains and reads the sweep's cache (no new key)."""
     from idrm_ray.config import load_config
     from idrm_ray.config.train import TrainJobConfig
-    from idrm_ray.pipeline.driver import run_train
+    from idrm_ray.run.driver import run_train
 
     d = Path(sweep["sweep_dir"])
     cfg = load_config(TrainJobConfig, d / "best_config.yaml", [f"run.output_dir={tmp_path}", "run.name=best"])

@@ -48,7 +48,7 @@ def test_streamed_average_peak_is_a_fraction_of_one_member(student_tokenizer, tm
 
 
 def test_average_checkpoints_runs_as_a_ray_task(ray_session, make_config, student_tokenizer, tmp_path):
-    from idrm_ray.pipeline.methods import average_checkpoints
+    from idrm_ray.multirun.tools import average_checkpoints
 
     model = tiny.build_tiny_student(student_tokenizer, num_layers=2)
     render = {"chat_template": True, "template": ["", "", ""], "max_len": 64}  # as the worker records it

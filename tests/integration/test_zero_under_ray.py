@@ -80,7 +80,7 @@ def _write_data(root: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def runs(ray_session, guard, make_config, tmp_path_factory):
-    from idrm_ray.pipeline.driver import run_train
+    from idrm_ray.run.driver import run_train
 
     root = tmp_path_factory.mktemp("zero")
     train, evals = _write_data(root)

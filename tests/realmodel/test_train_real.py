@@ -49,7 +49,7 @@ def _write_data(root: Path) -> tuple[Path, Path]:
 def real_run(guard, tmp_path_factory):
     from idrm_ray.config import load_config
     from idrm_ray.config.train import TrainJobConfig
-    from idrm_ray.pipeline.driver import run_train
+    from idrm_ray.run.driver import run_train
 
     root = tmp_path_factory.mktemp("real")
     train, evals = _write_data(root)
@@ -119,8 +119,8 @@ def _training_rewards(ckpt: str, run, examples) -> np.ndarray:
     """Rewards of `examples` through the training encode path (the Ray Data encode stage and
     the worker's collate), read by the checkpoint: [chosen_0, rejected_0, ...]."""
     from idrm_ray.core.reward_model import compute_rewards, load_reward_model
-    from idrm_ray.pipeline.driver import encode_kwargs_for, encode_eval
-    from idrm_ray.pipeline.ingest import stack_rows, to_student_batch
+    from idrm_ray.run.driver import encode_kwargs_for, encode_eval
+    from idrm_ray.train.ingest import stack_rows, to_student_batch
 
     cfg = run["cfg"]
     kwargs = {**encode_kwargs_for(cfg, ckpt, None)}

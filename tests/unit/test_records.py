@@ -1,4 +1,4 @@
-"""The stream schema (`pipeline/records.py`, issue 15 §2): a pair's text row, its encoded
+"""The stream schema (`data/records.py`, issue 15 §2): a pair's text row, its encoded
 columns and its teacher maps, and the conversions, in the forms the stages and workers see."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.core.units import encode_pairs
-from idrm_ray.pipeline.ingest import teacher_rows, to_student_batch
-from idrm_ray.pipeline.records import (
+from idrm_ray.train.ingest import teacher_rows, to_student_batch
+from idrm_ray.data.records import (
     ENCODING_COLUMNS,
     MAP_BYTES,
     MAPS,
@@ -19,7 +19,7 @@ from idrm_ray.pipeline.records import (
     pair_columns,
     row_to_encoding,
 )
-from idrm_ray.pipeline.stages import EncodeStage
+from idrm_ray.stream.stages import EncodeStage
 
 EXAMPLES = [
     PreferenceExample("What is two plus two?", "It is four.", "It is five."),

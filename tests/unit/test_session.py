@@ -1,4 +1,4 @@
-"""The in-process session of the train loop (`pipeline/session.py`): batches as Ray Data cuts
+"""The in-process session of the train loop (`train/session.py`): batches as Ray Data cuts
 them, checkpoints kept and found as Ray Train keeps and finds them."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from idrm_ray.pipeline.session import LocalSession, LocalShard
+from idrm_ray.train.session import LocalSession, LocalShard
 
 
 def _rows(n: int) -> list[dict]:

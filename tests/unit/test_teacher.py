@@ -405,8 +405,9 @@ def test_head_renorm_through_the_teacher(mode, teacher_dir, teacher_tokenizer):
 def test_head_renorm_and_joint_reach_the_stage_and_the_cache_key(teacher_dir, tmp_path, monkeypatch):
     from idrm_ray.config import load_config
     from idrm_ray.config.train import TrainJobConfig
-    from idrm_ray.pipeline import driver, map_cache
-    from idrm_ray.pipeline.stages import TeacherStage
+    from idrm_ray.run import driver
+    from idrm_ray.stream import map_cache
+    from idrm_ray.stream.stages import TeacherStage
 
     stage = TeacherStage(str(teacher_dir), top_n=1, device="cpu", renormalize="joint", head_renorm=True)
     assert stage.teacher.renormalize == "joint" and stage.teacher.head_renorm
@@ -455,8 +456,8 @@ def test_u8_rows_by_hand():
 
 
 def test_u8_rows_through_the_teacher_the_cache_columns_and_the_collate(teacher_dir, teacher_tokenizer):
-    from idrm_ray.pipeline.ingest import map_bytes_stats, teacher_rows
-    from idrm_ray.pipeline.records import blocks_to_maps, maps_to_blocks
+    from idrm_ray.data.records import blocks_to_maps, maps_to_blocks
+    from idrm_ray.train.ingest import map_bytes_stats, teacher_rows
 
     pairs = [make_pair(teacher_tokenizer, *t, group=True, invalid=(2,), seed=i) for i, t in enumerate(TEXTS)]
     fp16 = TeacherAttention(str(teacher_dir), device="cpu", top_n=2)
@@ -486,7 +487,7 @@ def test_map_bytes_follow_the_teacher_window(student_tokenizer, unigram_tokenize
     # units are bounded by the teacher's content tokens (fp16 < 1/2 of the token-level fp32
     # map, u8 < 1/4), the former rule's grow with the student window.
     from idrm_ray.core.units import encode_pairs
-    from idrm_ray.pipeline.ingest import map_bytes_stats
+    from idrm_ray.train.ingest import map_bytes_stats
 
     model = _sharpen(tiny.build_tiny_teacher(unigram_tokenizer, family="deberta-v2"))
     teacher = TeacherAttention.from_model(model)

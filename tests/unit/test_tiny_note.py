@@ -1,7 +1,7 @@
 """The one-line note under a BT/ID table trained on the tiny random-init student."""
 import json
 
-from idrm_ray.pipeline.outputs import STUDY_COMMAND, print_tiny_student_note, tiny_student_note
+from idrm_ray.run.outputs import STUDY_COMMAND, print_tiny_student_note, tiny_student_note
 
 
 def test_note_only_for_the_tiny_student_and_names_the_study():

@@ -8,7 +8,7 @@ teacher-attention stage then reads.
 `batch_size` counts examples per optimizer step over all workers (each takes
 `batch_size / world_size`). The learning rate warms up linearly and then decays linearly to 0
 (`LinearSchedule`; DeBERTa-large is unstable without warmup), driven by the examples seen so
-far, so ragged shards (`equal=False`, ingest.py) still end the schedule at the last step. Rank 0
+far, so ragged shards (`equal=False`, `train/ingest.py`) still end the schedule at the last step. Rank 0
 prints progress every `log_every` steps and after each epoch.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from idrm_ray import console
-from idrm_ray.pipeline.ingest import synced_batches
-from idrm_ray.pipeline.session import RayTrainSession
+from idrm_ray.train.ingest import synced_batches
+from idrm_ray.train.session import RayTrainSession
 from idrm_ray.train.strategy import make_strategy, pick_device
 
 LABELS = {0: "entailment", 1: "neutral", 2: "contradiction"}
@@ -105,7 +105,7 @@ class _Progress:
 
 
 def nli_train_loop(config: dict, session=None) -> None:
-    """session: a `pipeline.session` session (default: this Ray Train worker's)."""
+    """session: a `train.session` session (default: this Ray Train worker's)."""
     session = session or RayTrainSession()
     spec = TeacherFinetuneSpec(**config["spec"])
     torch.manual_seed(spec.seed)

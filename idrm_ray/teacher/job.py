@@ -8,11 +8,11 @@ import ray
 
 from idrm_ray import console
 from idrm_ray.config.train import TrainJobConfig
-from idrm_ray.pipeline import cluster
-from idrm_ray.pipeline.assets import copy_tree, nli_examples, tiny_teacher_dir
-from idrm_ray.pipeline.local_run import fit_local
-from idrm_ray.pipeline.session import LocalShard
-from idrm_ray.pipeline.teacher_finetune import (
+from idrm_ray.stream import cluster
+from idrm_ray.teacher.assets import nli_examples, tiny_teacher_dir
+from idrm_ray.train.checkpointing import copy_tree
+from idrm_ray.train.session import LocalShard, fit_local
+from idrm_ray.teacher.finetune import (
     LinearSchedule,
     TeacherFinetuneSpec,
     nli_train_loop,

@@ -20,14 +20,17 @@ from idrm_ray.config.plan import make_plan, teacher_dtype
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.data import bundled_path, load_preferences
 from idrm_ray.methods.registry import worker_asks
-from idrm_ray.pipeline import cluster, local_run, map_cache, outputs, preflight
-from idrm_ray.pipeline import methods as procedures
-from idrm_ray.pipeline.assets import prepare_student, validate_teacher_data
-from idrm_ray.pipeline.checkpointing import model_dir as ckpt_model_dir
-from idrm_ray.pipeline.dataset import encoded_stream, examples_dataset, teacher_stream
-from idrm_ray.pipeline.spec import WorkerSpec, peft_settings
-from idrm_ray.pipeline.stages import EncodeStage
-from idrm_ray.pipeline.teacher_job import prepare_teacher
+from idrm_ray.multirun import tools as procedures
+from idrm_ray.run import outputs, preflight
+from idrm_ray.run.assets import prepare_student
+from idrm_ray.stream import cluster, local_run, map_cache
+from idrm_ray.stream.dataset import encoded_stream, examples_dataset, teacher_stream
+from idrm_ray.stream.stages import EncodeStage
+from idrm_ray.teacher.assets import validate_teacher_data
+from idrm_ray.teacher.job import prepare_teacher
+from idrm_ray.train.checkpointing import model_dir as ckpt_model_dir
+from idrm_ray.train.session import fit_local
+from idrm_ray.train.spec import WorkerSpec, peft_settings
 
 
 def run_dir_for(cfg: TrainJobConfig) -> Path:
@@ -201,9 +204,9 @@ def _fit_local(cfg, spec: WorkerSpec, *, train, evals, teacher_dir, encode_kwarg
     shard = local_run.local_shard(
         train, encode_kwargs=encode_kwargs if distill else student_only, placement=cluster.stage_placement(cfg),
         teacher_kwargs=teacher_kwargs_for(cfg, teacher_dir, top_n=cfg.method.id.top_n) if distill else None)
-    return local_run.fit_local(_loop(), loop_config={"spec": spec.to_dict(), "eval": encode_eval(evals, student_only)},
-                               shards={"train": shard}, storage=Path(cluster.storage_path(cfg, run_dir)) / name,
-                               keep=cfg.run.keep_checkpoints)
+    return fit_local(_loop(), loop_config={"spec": spec.to_dict(), "eval": encode_eval(evals, student_only)},
+                     shards={"train": shard}, storage=Path(cluster.storage_path(cfg, run_dir)) / name,
+                     keep=cfg.run.keep_checkpoints)
 
 
 def teacher_kwargs_for(cfg: TrainJobConfig, teacher_dir: str, *, top_n: int) -> dict:
@@ -248,12 +251,12 @@ def encode_eval(evals, encode_kwargs: dict) -> list[dict]:
 
 
 def run_method(cfg, plan, **kwargs) -> list[dict]:
-    """`method`'s family procedure (`pipeline/methods.run_method`) with this driver's `train_one`."""
+    """`method`'s family procedure (`multirun/tools.run_method`) with this driver's `train_one`."""
     return procedures.run_method(cfg, plan, train_one=train_one, **kwargs)
 
 
 def _loop():
-    from idrm_ray.pipeline.worker import train_loop_per_worker
+    from idrm_ray.train.worker import train_loop_per_worker
 
     return train_loop_per_worker
 

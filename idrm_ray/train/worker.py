@@ -2,7 +2,7 @@
 
 build -> prepare -> resume -> for each micro-batch: teacher maps from the stream,
 student forward with Q/K capture, L_BT + λ·L_ID, backward, step -> log, eval,
-checkpoint. Whoever runs the loop is its SESSION (`pipeline.session`): rank and world
+checkpoint. Whoever runs the loop is its SESSION (`train.session`): rank and world
 size, the dataset shard, the checkpoints to resume from, and `report(metrics, checkpoint)`
 (a Ray Train worker in production, this process for tests and `idrm-ray train --local`).
 The math is in `idrm_ray.core`, the parallelism in `idrm_ray.train.strategy`.
@@ -32,8 +32,8 @@ from idrm_ray.core.reward_model import (
     load_reward_model,
     save_reward_model,
 )
-from idrm_ray.pipeline import checkpointing as ckpt
-from idrm_ray.pipeline.ingest import (
+from idrm_ray.train import checkpointing as ckpt
+from idrm_ray.train.ingest import (
     map_bytes_stats,
     stack_rows,
     synced_batches,
@@ -41,16 +41,16 @@ from idrm_ray.pipeline.ingest import (
     to_teacher_maps,
     truncation_stats,
 )
-from idrm_ray.pipeline.monitor import StudentMonitor, WandbLogger
-from idrm_ray.pipeline.session import RayTrainSession
-from idrm_ray.pipeline.spec import WorkerSpec
-from idrm_ray.pipeline.step_metrics import StepAccumulator
+from idrm_ray.train.monitor import StudentMonitor, WandbLogger
+from idrm_ray.train.session import RayTrainSession
+from idrm_ray.train.spec import WorkerSpec
+from idrm_ray.train.step_metrics import StepAccumulator
 from idrm_ray.train.strategy import make_strategy, pick_device, torch_dtype
 
 
 def train_loop_per_worker(config: dict, session=None) -> None:
     """config: {"spec": WorkerSpec dict, "eval": encoded eval rows (an object-store ref under
-    Ray)}; session: a `pipeline.session` session (default: this Ray Train worker's)."""
+    Ray)}; session: a `train.session` session (default: this Ray Train worker's)."""
     session = session or RayTrainSession()
     run = _WorkerRun(WorkerSpec.from_dict(config["spec"]), session=session, eval_rows=session.fetch(config["eval"]))
     train_shard = session.dataset_shard("train")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,3 +101,8 @@ def older_checkpoints(checkpoint) -> list:
                    reverse=True)  # checkpoint_<timestamp>: newest first
     return [Checkpoint(path, filesystem=checkpoint.filesystem) for path in names]
 
+
+def copy_tree(src: str | Path, dst: str | Path) -> None:
+    if Path(dst).exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)

@@ -46,7 +46,7 @@ class RayTrainSession:
         return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 
     def resume_candidates(self) -> list:
-        from idrm_ray.pipeline.checkpointing import older_checkpoints
+        from idrm_ray.train.checkpointing import older_checkpoints
 
         latest = self._train.get_checkpoint()
         return [] if latest is None else [latest, *older_checkpoints(latest)]
@@ -162,3 +162,11 @@ def _shuffled(rows: Iterable[dict], size: int, rng: np.random.Generator) -> Iter
 def checkpoint_storage(storage_path: str | os.PathLike, name: str) -> Path:
     """Where a run named `name` keeps its checkpoints, under Ray Train or here."""
     return Path(storage_path) / name
+
+
+def fit_local(loop: Callable, *, loop_config: dict, shards: dict[str, LocalShard], storage: Path,
+              keep: int) -> LocalResult:
+    """`loop(loop_config, session=...)` in this process; the result as `TorchTrainer.fit()`'s."""
+    session = LocalSession(shards=shards, storage=storage, keep=keep)
+    loop(loop_config, session=session)
+    return session.result()

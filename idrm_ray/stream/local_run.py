@@ -10,15 +10,14 @@ maps are computed.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 
 from idrm_ray.core.types import PreferenceExample
-from idrm_ray.pipeline.dataset import StagePlacement
-from idrm_ray.pipeline.session import LocalResult, LocalSession, LocalShard
-from idrm_ray.pipeline.stages import EncodeStage, TeacherStage
+from idrm_ray.stream.dataset import StagePlacement
+from idrm_ray.stream.stages import EncodeStage, TeacherStage
+from idrm_ray.train.session import LocalShard
 
 
 def local_shard(examples: list[PreferenceExample], *, encode_kwargs: dict, teacher_kwargs: dict | None,
@@ -39,14 +38,6 @@ def local_shard(examples: list[PreferenceExample], *, encode_kwargs: dict, teach
                 yield from _rows(teacher({k: v[sub : sub + size] for k, v in encoded.items()}))
 
     return LocalShard(rows)
-
-
-def fit_local(loop: Callable, *, loop_config: dict, shards: dict[str, LocalShard], storage: Path,
-              keep: int) -> LocalResult:
-    """`loop(loop_config, session=...)` in this process; the result as `TorchTrainer.fit()`'s."""
-    session = LocalSession(shards=shards, storage=storage, keep=keep)
-    loop(loop_config, session=session)
-    return session.result()
 
 
 def _columns(chunk: list[PreferenceExample], start: int) -> dict[str, np.ndarray]:

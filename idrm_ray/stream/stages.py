@@ -12,7 +12,7 @@ import numpy as np
 
 from idrm_ray import console
 from idrm_ray.core.devices import torch_dtype
-from idrm_ray.pipeline.records import batch_examples, encoded_batch
+from idrm_ray.data.records import batch_examples, encoded_batch
 
 
 class EncodeStage:
@@ -73,7 +73,7 @@ class TeacherStage:
         out = self.teacher(batch)
         seconds = time.perf_counter() - t0
         if self.monitor is None:
-            from idrm_ray.pipeline.monitor import TeacherMonitor
+            from idrm_ray.train.monitor import TeacherMonitor
 
             self.monitor = TeacherMonitor()
         self.monitor.record(

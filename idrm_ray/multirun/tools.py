@@ -28,7 +28,7 @@ from idrm_ray.core.scoring import pair_outcomes
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.methods.base import MethodRun
 from idrm_ray.methods.registry import family
-from idrm_ray.pipeline import cluster
+from idrm_ray.stream import cluster
 
 SHUFFLE_BUFFER_PAIRS = 256  # members' seeded local shuffle: different data orders, same data
 

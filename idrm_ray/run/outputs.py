@@ -16,8 +16,7 @@ import math
 from pathlib import Path
 
 from idrm_ray import console
-from idrm_ray.pipeline import checkpointing as ckpt
-from idrm_ray.pipeline.assets import copy_tree
+from idrm_ray.train import checkpointing as ckpt
 
 SUMMARY_KEYS = ("eval_accuracy", "eval_loss", "pairs_per_s", "step_time_s", "teacher_wait_fraction")
 
@@ -25,7 +24,7 @@ SUMMARY_KEYS = ("eval_accuracy", "eval_loss", "pairs_per_s", "step_time_s", "tea
 def collect_method(out: Path, result, *, method: str, wall_s: float) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as d:
-        copy_tree(ckpt.model_dir(d), out / "checkpoint")
+        ckpt.copy_tree(ckpt.model_dir(d), out / "checkpoint")
         history = ckpt.read_progress(d).history
     write_metrics(out, history)
     plot_curve(out / "curve.png", history, title=method)

@@ -17,7 +17,7 @@ from ray.train.torch import TorchTrainer
 
 from idrm_ray import console, local_ray
 from idrm_ray.config.train import TrainJobConfig
-from idrm_ray.pipeline.dataset import ExactlyOnceDataConfig, StagePlacement
+from idrm_ray.stream.dataset import ExactlyOnceDataConfig, StagePlacement
 
 
 def init_ray(address: str) -> None:

@@ -15,8 +15,8 @@ from ray.data import ActorPoolStrategy, ExecutionResources
 from ray.train import DataConfig
 
 from idrm_ray.core.types import PreferenceExample
-from idrm_ray.pipeline.records import example_rows
-from idrm_ray.pipeline.stages import EncodeStage, TeacherStage
+from idrm_ray.data.records import example_rows
+from idrm_ray.stream.stages import EncodeStage, TeacherStage
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import ray
 
 from idrm_ray import console
 from idrm_ray.core.types import PreferenceExample
-from idrm_ray.pipeline.records import blocks_to_maps, cache_columns, maps_to_blocks
+from idrm_ray.data.records import blocks_to_maps, cache_columns, maps_to_blocks
 
 FORMAT_VERSION = "maps-v2"  # v2: maps over the valid units only (DESIGN.md decision 8)
 _HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".pt")
