@@ -17,8 +17,12 @@ pipeline (`driver.run_train` -> `train_one` -> `dataset.teacher_stream` -> `clus
 - epoch 1: rank 1's student node is removed (`cluster.remove_node`) two steps after a checkpoint
   and an empty student node added to restore capacity: Ray Train restarts the group from the
   latest checkpoint (`run.max_failures=1`), the step count continues, at most
-  `run.checkpoint_every` steps are lost, the resumed epoch still trains every pair once, and the
-  redone steps match the interrupted attempt's (same loss, same learning rate).
+  `run.checkpoint_every` steps are lost, the counters and the metric history hold no step of
+  the lost attempt twice, the resumed epoch still trains every pair once, and the redone steps
+  match the interrupted attempt's (same loss, same learning rate). The students train under
+  DeepSpeed ZeRO-2, so the checkpoint holds one optimizer shard per rank and the redone steps
+  show both were restored (this run replaced test_resume.py's: the same restart, from a worker
+  exception on one node, cost a second cluster-sized fit).
 
 The node goes once the controller has registered the checkpoint (its
 `checkpoint_manager_snapshot.json` names that step): Train V2 takes a worker's report from the
@@ -66,6 +70,7 @@ NODE_CPUS = 1
 def _overrides(root: Path, evals: Path) -> list[str]:
     return [
         "method.name=id", "method.compare_bt=false", "teacher.name_or_path=tiny",
+        "deepspeed.enabled=true", "deepspeed.zero_stage=2",  # per-rank optimizer shards to restore
         f"data.max_pairs={NUM_PAIRS}", f"data.eval={evals}",
         "resources.num_workers=2", "resources.custom_resources=require", f"resources.cpus_per_worker={NODE_CPUS}",
         f"optim.global_batch_size={GLOBAL_BATCH}", f"optim.micro_batch_size={MICRO}",
@@ -364,6 +369,8 @@ def test_student_node_removed_run_resumes(faulty_run):
     assert r["steps"][1] == list(range(r["resumed_from"] + 1, total + 1)), r["steps"]
     history_steps = [row["step"] for row in faulty_run["history"] if row.get("pairs")]
     assert history_steps == list(range(1, total + 1)), history_steps
+    assert faulty_run["run"]["pairs_seen"] == total * GLOBAL_BATCH  # the lost attempt's steps not counted twice
+    assert faulty_run["history"][-1]["step"] == total and "eval_accuracy" in faulty_run["history"][-1]
     assert r["lost"] == 0 and r["duplicated"] == 0, f"resumed epoch: {r['lost']} pairs lost, {r['duplicated']} twice"
 
 

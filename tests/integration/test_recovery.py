@@ -4,7 +4,7 @@ non-finite.
 
 One BT student (plain torch, one worker, 8 pairs per step, a checkpoint every 3 steps, up to
 3 kept). `driver._loop` is swapped for instrumented loops shipped to Ray by value (as in
-test_resume.py):
+test_cluster.py):
 
 1. The first `run_train` dies after step 7 with `run.max_failures=0`: the fit fails and the
    driver raises, as a killed `ray job submit` driver leaves the run behind (checkpoints at 3

@@ -23,7 +23,7 @@ workers. The one-worker references are in-process runs of the same loop (`run.lo
 test_local_run.py checks a local run against a one-worker Ray Train run at rel 1e-5). Left out
 as not distinct: ZeRO-2 and plain-BT ZeRO-3 under Ray. ID's L_BT under ZeRO-3 is BT's loss
 under ZeRO-3 plus the capture; ZeRO-2 against one process is test_strategy.py's (no Ray), and
-ZeRO-2 under Ray Train, with per-rank optimizer shards saved and restored, is test_resume.py's.
+ZeRO-2 under Ray Train, with per-rank optimizer shards saved and restored, is test_cluster.py's (across simulated nodes).
 
 Tolerances (fp32), the same reasoning and numbers as test_strategy.py (which checks the
 strategies alone, without Ray): the runs differ only in float summation order (two 4-row
