@@ -29,18 +29,16 @@ SLOW_MODULES = {"test_auth.py", "test_bad_input.py", "test_cluster.py", "test_ev
                 "test_pipeline.py", "test_serve_ray.py", "test_strategy.py", "test_strategy_peft.py"}
 
 
-# `-n 2 --dist loadgroup` (pytest-xdist, the README's test command): each module is one group,
-# so its module-scoped run is built once, on one worker; the modules that assert on the
-# session's `shared_run` share a group, so it is trained once.
-SHARED_RUN_GROUP = "shared_run"
+# The README's test command runs two pytest workers (pytest-xdist, `-n 2 --dist loadscope`):
+# each module runs whole on one worker, so a module-scoped run is built once; the session's
+# `shared_run` has one user module (test_pipeline.py). Each worker starts its own local Ray
+# (`idrm_ray.local_ray` keeps the two apart).
 
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
-    shared = {str(i.fspath) for i in items if "shared_run" in getattr(i, "fixturenames", ())}
     for item in items:
         path = str(item.fspath)
-        item.add_marker(pytest.mark.xdist_group(SHARED_RUN_GROUP if path in shared else path))
         if (SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or os.path.basename(path) in SLOW_MODULES
                 or f"{os.sep}realmodel{os.sep}" in path):
             item.add_marker(pytest.mark.slow)

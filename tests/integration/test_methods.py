@@ -1,6 +1,7 @@
 """Every method of the comparison (METHOD.md §10) through `idrm-ray compare`'s code on the
 bundled data: bt, am, lf, warm, inform, id, id+am, id+lf, id+warm, one seed, two-member
-ensembles, 640 pairs (80 steps), the NLI teacher of the shared run (no second fine-tune).
+ensembles, 640 pairs (80 steps), the tiny NLI teacher fine-tuned first (in this process, ~5 s;
+no dependence on conftest's `shared_run`, so `pytest -n 2` can run this module beside it).
 
 One compare run serves every test: its 11 training runs are in-process runs of the worker
 loop (`run.local=true`, issue 15 §5: what is checked here is the methods, not Ray Train, whose
@@ -30,10 +31,9 @@ COMPARE_TIMEOUT_S = 1200
 
 
 @pytest.fixture(scope="module")
-def compared(ray_session, shared_run, guard, make_config, tmp_path_factory):
+def compared(ray_session, guard, make_config, tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
-    teacher = shared_run["summary"]["teacher"]["path"]
-    cfg = make_config(root, "compare", *EMBEDDED_DEFAULTS, f"data.max_pairs={PAIRS}", f"teacher.name_or_path={teacher}",
+    cfg = make_config(root, "compare", *EMBEDDED_DEFAULTS, f"data.max_pairs={PAIRS}",
                       "method.ensemble.members=2", "method.ensemble.concurrency=1", "run.log_every=10",
                       "run.local=true")
     report = guard(lambda: run_compare(cfg, parse_variants("all"), [0], out_dir=root / "cmp"),
