@@ -34,7 +34,8 @@ import torch.multiprocessing as mp
 from transformers import AutoModelForSequenceClassification
 
 from idrm_ray.core import tiny
-from idrm_ray.train.strategy import build_ds_config, make_strategy
+from idrm_ray.train.strategy import make_strategy
+from idrm_ray.train.strategy_deepspeed import build_ds_config
 
 REPO = Path(__file__).resolve().parents[2]
 SEQ, ROWS, ACCUM, STEPS = 16, 4, 2, 5  # ROWS: global rows per micro-batch; ACCUM micro-batches per step
