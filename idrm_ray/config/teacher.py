@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from idrm_ray.config.base import MIN_LEN, Dtype, param, require, section
+from idrm_ray.configtree.base import MIN_LEN, Dtype, param, require, section
 
 
 @dataclass(frozen=True)

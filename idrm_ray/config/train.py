@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from idrm_ray.config.base import Dtype, param, require, section
+from idrm_ray.configtree.base import Dtype, param, require, section
 from idrm_ray.config.method import MethodConfig
 from idrm_ray.config.student import StudentConfig
 from idrm_ray.config.teacher import TeacherConfig

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from idrm_ray.config.loader import load_config
+from idrm_ray.configtree.loader import load_config
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.core.capture import capture_qk
 from idrm_ray.core.collate import collate_pairs

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from idrm_ray.config.base import ConfigValueError
+from idrm_ray.configtree.base import ConfigValueError
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.core.capture import decoder_layers
 
