@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from idrm_ray import console
+
 PREFIX = "packaged:"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODELS = {
@@ -80,8 +82,8 @@ def smollm2_dir(root: Path | None = None) -> Path:
         return out
     src = _package_dir(MODELS["smollm2-135m-instruct"])
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    print(f"[idrm] converting SmolLM2-135M-Instruct from {src / _GGUF} to {out} (once per machine)",
-          file=sys.stderr, flush=True)
+    # Through the console, so a quiet CLI run shows it on the terminal (not only in driver.log).
+    console.info(f"[idrm] converting SmolLM2-135M-Instruct from {src / _GGUF} to {out} (once per machine, ~30 s)")
     _convert_smollm2(src, tmp)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -16,9 +16,10 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerFast
 
 from idrm_ray.core import tiny
+from idrm_ray.core.collate import collate_pairs
 from idrm_ray.core.teacher import TeacherAttention
 from idrm_ray.core.types import BlockMaps, PairEncoding, PreferenceBatch, PreferenceExample
-from idrm_ray.core.units import collate_pairs, encode_pairs
+from idrm_ray.core.units import encode_pairs
 
 
 @dataclass(frozen=True)

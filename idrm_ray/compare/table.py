@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from idrm_ray.compare.variants import variant
 from idrm_ray.eval.significance import compare_models
 
 AVG = "avg"
@@ -99,7 +100,7 @@ def bar_plot(path: Path, summary: list[dict], *, title: str) -> None:
     means = [100 * r[AVG] for r in summary]
     stds = [100 * r[f"{AVG} std"] for r in summary]
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(names), 3.8))
-    colors = ["tab:orange" if n.startswith("id") else "tab:blue" for n in names]
+    colors = ["tab:orange" if variant(n).distills else "tab:blue" for n in names]  # ID runs stand out
     ax.bar(range(len(names)), means, yerr=stds, capsize=3, color=colors)
     ax.axhline(50, color="grey", linestyle=":", label="chance")
     bt = next((r for r in summary if r["method"] == "bt"), None)

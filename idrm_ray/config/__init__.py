@@ -1,5 +1,6 @@
 """Config trees of the jobs: frozen dataclasses loaded from preset YAML, user YAML and
-dotted `key=value` overrides (STYLE.md item 6). Pure python + yaml.
+dotted `key=value` overrides (STYLE.md item 6). Pure python + yaml. The machinery they
+are built with is `idrm_ray/configtree/`; the names below are the public way in.
 
     cfg = load_config(TrainJobConfig, "my.yaml", ["method.id.lam=0.8"], preset="tiny")
     plan = make_plan(cfg, num_train_pairs=1000)
@@ -9,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from idrm_ray.config.base import ConfigError, ConfigValueError, all_keys, describe, dump_config, param, require, section
-from idrm_ray.config.loader import (
+from idrm_ray.configtree.base import ConfigError, ConfigValueError, all_keys, describe, dump_config, param, require, section
+from idrm_ray.configtree.loader import (
     derive,
     dump_yaml,
     from_dict,

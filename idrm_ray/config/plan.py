@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from idrm_ray.config.base import ConfigError
+from idrm_ray.configtree.base import ConfigError
 from idrm_ray.config.train import TrainJobConfig
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from idrm_ray.config.base import param, require, section
+from idrm_ray.configtree.base import param, require, section
 
 
 @dataclass(frozen=True)

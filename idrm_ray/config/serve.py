@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from idrm_ray.config.base import param, require, section
+from idrm_ray.configtree.base import param, require, section
 
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 

@@ -209,7 +209,7 @@ def load_reward_model(
 def finish_reward_model(model: PreTrainedModel, name_or_path, *, head_missing: bool, tokenizer=None,
                         init_value_head: bool | None = None) -> PreTrainedModel:
     """What every loader does after the weights are in (`load_reward_model`, the ZeRO-3
-    streaming loader in train/strategy.py): the value head (re-)initialised as OpenRLHF does
+    streaming loader in train/strategy_zero3.py): the value head (re-)initialised as OpenRLHF does
     where it is missing, the pad id, and OpenRLHF's reward fields in the config."""
     prefix = getattr(model.config, "value_head_prefix", VALUE_HEAD_PREFIX)
     if prefix != VALUE_HEAD_PREFIX:

@@ -25,15 +25,16 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from idrm_ray.config.loader import load_config
+from idrm_ray.configtree.loader import load_config
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.core.capture import capture_qk
+from idrm_ray.core.collate import collate_pairs
 from idrm_ray.core.objective import IDSettings, preference_loss
 from idrm_ray.core.reward_model import compute_rewards
 from idrm_ray.core.simulated import simulated_maps
 from idrm_ray.core.teacher import TeacherAttention
 from idrm_ray.core.types import PreferenceExample
-from idrm_ray.core.units import collate_pairs, encode_pairs
+from idrm_ray.core.units import encode_pairs
 from idrm_ray.data.stress import CUES
 from idrm_ray.eval.diagnostics import reward_token_attention
 

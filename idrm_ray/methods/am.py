@@ -2,14 +2,29 @@
 rating field or from a bt ensemble's strength max(μ̂, 0); then one run on the margined pairs."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
+from idrm_ray.configtree.base import param, require
 from idrm_ray.core.baselines import am_margins
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.methods.base import MethodRun
 from idrm_ray.methods.strength import member_summary, strength, write_strength
+
+
+@dataclass(frozen=True)
+class AMConfig:
+    """AM-RM (METHOD.md §10): loss -log σ(Δr - m) with a per-pair margin m."""
+
+    source: Literal["auto", "rating", "ensemble"] = param(
+        "auto", "Margin from the data's rating field (`margin`), from the ensemble preference strength "
+                "max(μ̂, 0), or auto: the rating when every training pair has one, else the ensemble.")
+    scale: float = param(1.0, "Multiply every margin by this (Llama-2's `Margin Small` is 1/3 of `Large`).")
+
+    def __post_init__(self):
+        require(self, self.scale >= 0, "scale", "must be >= 0 (0 turns AM into BT)")
 
 
 def worker_asks(m) -> dict:

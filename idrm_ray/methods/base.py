@@ -6,8 +6,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from idrm_ray.configtree.base import param, require
 from idrm_ray.core.method_kind import MethodKind, method_kind
 from idrm_ray.core.types import PreferenceExample
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """The M reward models behind LF flips, AM proxy margins and WARM members; they run as
+    parallel Ray Train runs, as many at once as the student resources allow."""
+
+    members: int = param(3, "M (Secrets-II uses 10 for LF; WARM's paper 5-10).")
+    max_steps: int | None = param(None, "Optimizer steps per member (null: as optim).")
+    concurrency: int = param(0, "Members trained at once (0: as many as the cluster's student resources fit).")
+
+    def __post_init__(self):
+        require(self, self.members >= 1, "members", "must be >= 1")
+        require(self, self.max_steps is None or self.max_steps >= 1, "max_steps", "use null, or >= 1")
+        require(self, self.concurrency >= 0, "concurrency", "must be >= 0 (0: automatic)")
 
 
 class Tools(Protocol):

@@ -1,10 +1,13 @@
 """The one registry of method families: base name (core.method_kind.BASES) -> module. A
-method `id+X` is family X with `id.worker_asks` added; `id` alone is id+bt."""
+method `id+X` is family X with `id.worker_asks` added; `id` alone is id+bt. `SECTIONS` are
+the `method` config tree's sections, each declared in its family's module
+(`config/method.py` builds `MethodConfig` from them)."""
 from __future__ import annotations
 
 from idrm_ray.core.method_kind import method_kind
 from idrm_ray.core.objective import BTSettings
 from idrm_ray.methods import am, bt, id as interaction, inform, lf, warm
+from idrm_ray.methods.base import EnsembleConfig
 
 FAMILIES = {
     "bt": bt,
@@ -12,6 +15,16 @@ FAMILIES = {
     "lf": lf,
     "warm": warm,
     "inform": inform,
+}
+
+# method.<key> -> its section, in the tree's order: L_ID's, the families' own, the ensembles'.
+SECTIONS = {
+    "id": interaction.IDConfig,
+    "am": am.AMConfig,
+    "lf": lf.LFConfig,
+    "warm": warm.WARMConfig,
+    "inform": inform.InfoRMConfig,
+    "ensemble": EnsembleConfig,
 }
 
 

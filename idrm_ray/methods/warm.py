@@ -4,11 +4,30 @@ the last K checkpoints of one run. The average is an ordinary reward-model check
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 from idrm_ray import console
-from idrm_ray.config import derive
+from idrm_ray.configtree.base import param, require
+from idrm_ray.configtree.loader import derive
 from idrm_ray.methods.base import MethodRun
 from idrm_ray.methods.strength import member_summary
+
+
+@dataclass(frozen=True)
+class WARMConfig:
+    """WARM (METHOD.md §10): average M reward models fine-tuned from the same init."""
+
+    variant: Literal["members", "checkpoints"] = param(
+        "members", "members: M runs with diverse seeds / data orders / learning rates, averaged; "
+                   "checkpoints: the cheap variant, the average of the last checkpoints along one run.")
+    lr_multipliers: tuple[float, ...] = param((1.0, 0.7, 1.4), "Member i trains with lr x multipliers[i % len].")
+    checkpoints: int = param(5, "Checkpoints averaged by the `checkpoints` variant (evenly spaced over the run).")
+
+    def __post_init__(self):
+        require(self, len(self.lr_multipliers) >= 1 and all(m > 0 for m in self.lr_multipliers),
+                "lr_multipliers", "give at least one positive multiplier, e.g. [1.0, 0.7, 1.4]")
+        require(self, self.checkpoints >= 1, "checkpoints", "must be >= 1")
 
 
 def worker_asks(m) -> dict:

@@ -3,8 +3,8 @@
 `run_train`/`run_teacher` call `check_before_workers` after data validation and
 `ray.init`, before any worker, actor or dataset starts. Each failure is one
 `ConfigValueError` (printed by the CLI as one line, exit 2) that says how to fix it.
-Pure-value checks live in `config/train.py`; the built-in `tiny` models are checked
-there too (their sizes are config values).
+Pure-value checks live in the config tree (`config/train.py` and its sections); the
+built-in `tiny` models are checked there too (their sizes are config values).
 
 Models are read offline (`local_files_only`): a local directory or a cached hub id is
 checked; a hub id that is not cached is skipped rather than failed (no network here).
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from idrm_ray.config.base import ConfigValueError
+from idrm_ray.configtree.base import ConfigValueError
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.core.capture import decoder_layers
 

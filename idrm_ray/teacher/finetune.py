@@ -24,7 +24,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from idrm_ray import console
 from idrm_ray.train.ingest import synced_batches
 from idrm_ray.train.session import RayTrainSession
-from idrm_ray.train.strategy import make_strategy, pick_device
+from idrm_ray.train.strategy import make_strategy
+from idrm_ray.train.strategy_base import pick_device
 
 LABELS = {0: "entailment", 1: "neutral", 2: "contradiction"}
 

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from idrm_ray.core.collate import collate_pairs
 from idrm_ray.core.teacher import block_maps_from_rows
 from idrm_ray.core.types import BlockMaps, PreferenceBatch
-from idrm_ray.core.units import collate_pairs
 from idrm_ray.data.records import MAPS, STAT_PREFIX, batch_margins, batch_size, row_to_encoding
 
 

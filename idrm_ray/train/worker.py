@@ -5,7 +5,7 @@ student forward with Q/K capture, L_BT + λ·L_ID, backward, step -> log, eval,
 checkpoint. Whoever runs the loop is its SESSION (`train.session`): rank and world
 size, the dataset shard, the checkpoints to resume from, and `report(metrics, checkpoint)`
 (a Ray Train worker in production, this process for tests and `idrm-ray train --local`).
-The math is in `idrm_ray.core`, the parallelism in `idrm_ray.train.strategy`.
+The math is in `idrm_ray.core`, the parallelism in `idrm_ray.train.strategy` (`make_strategy`).
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ from idrm_ray.train.monitor import StudentMonitor, WandbLogger
 from idrm_ray.train.session import RayTrainSession
 from idrm_ray.train.spec import WorkerSpec
 from idrm_ray.train.step_metrics import StepAccumulator
-from idrm_ray.train.strategy import make_strategy, pick_device, torch_dtype
+from idrm_ray.train.strategy import make_strategy
+from idrm_ray.train.strategy_base import pick_device, torch_dtype
 
 
 def train_loop_per_worker(config: dict, session=None) -> None:

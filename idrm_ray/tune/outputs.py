@@ -9,7 +9,7 @@ from pathlib import Path
 
 from idrm_ray import console
 from idrm_ray.config import dump_config
-from idrm_ray.config.loader import CONFIG_DIR
+from idrm_ray.configtree.loader import CONFIG_DIR
 from idrm_ray.config.train import TrainJobConfig
 
 METRIC = "eval_accuracy"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from idrm_ray.config import derive
-from idrm_ray.config.loader import dump_yaml
+from idrm_ray.configtree.loader import dump_yaml
 from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.run import train_one

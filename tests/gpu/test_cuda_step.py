@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from idrm_ray.core import tiny
+from idrm_ray.core.collate import collate_pairs
 from idrm_ray.core.objective import IDSettings, preference_loss
 from idrm_ray.core.teacher import TeacherAttention
 from idrm_ray.core.types import PreferenceExample
-from idrm_ray.core.units import collate_pairs, encode_pairs
+from idrm_ray.core.units import encode_pairs
 
 PAIRS = [
     PreferenceExample("\n\nHuman: The cat likes the ball. What does the cat like?\n\nAssistant:", " The ball.", " A book."),

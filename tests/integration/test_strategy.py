@@ -21,22 +21,19 @@ under TORCH_EXTENSIONS_DIR (default <repo>/.cache/torch_extensions) and reused a
 """
 from __future__ import annotations
 
-import os
-import socket
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from transformers import AutoModelForSequenceClassification
 
 from idrm_ray.core import tiny
-from idrm_ray.train.strategy import build_ds_config, make_strategy
+from idrm_ray.train.strategy import make_strategy
+from idrm_ray.train.strategy_deepspeed import build_ds_config
+from spawn_helpers import free_port, gloo_rank, join, spawn
 
-REPO = Path(__file__).resolve().parents[2]
 SEQ, ROWS, ACCUM, STEPS = 16, 4, 2, 5  # ROWS: global rows per micro-batch; ACCUM micro-batches per step
 LR, MAX_GRAD_NORM = 1e-3, 1.0
 ATOL_PARAMS, REL_PARAMS, RTOL_SCALARS = 5e-5, 1e-3, 1e-4
@@ -130,18 +127,8 @@ def _run(kind: str, zero_stage: int | None, tok, state_dir: Path) -> dict:
 
 
 def _worker(rank: int, world_size: int, port: int, tok, out_dir: str) -> None:
-    """A spawned rank: sets up gloo the way Ray Train would (env://), then runs each scenario."""
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu",
-    )
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
-    torch.set_num_threads(1)  # 2 ranks on 2 cores
-    warnings.filterwarnings("ignore", category=FutureWarning)  # DeepSpeed's deprecated c10d calls
-    from datetime import timedelta
-
-    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world_size, timeout=timedelta(seconds=120))
-    try:
+    """A spawned rank: gloo as Ray Train would set it up (`spawn_helpers.gloo_rank`), then each scenario."""
+    with gloo_rank(rank, world_size, port):
         for name, kind, stage in SCENARIOS:
             start = time.perf_counter()
             result = _run(kind, stage, tok, Path(out_dir) / f"{name}_state")
@@ -149,27 +136,6 @@ def _worker(rank: int, world_size: int, port: int, tok, out_dir: str) -> None:
             if rank == 0:
                 torch.save(result, Path(out_dir) / f"{name}.pt")
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(nprocs: int, args: tuple, timeout_s: float) -> None:
-    ctx = mp.start_processes(_worker, args=(nprocs, *args), nprocs=nprocs, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout_s
-    # join() raises if a rank failed (and then stops the others); False means still running.
-    while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
-        if time.monotonic() >= deadline:
-            for proc in ctx.processes:
-                if proc.is_alive():
-                    proc.kill()
-                proc.join(10)
-            pytest.fail(f"spawned ranks still running after {timeout_s} s (hang?)")
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -186,7 +152,8 @@ def runs(student_tokenizer, tmp_path_factory) -> dict[str, dict]:
         torch.set_num_threads(threads)
     reference["wall_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    _spawn(2, (_free_port(), student_tokenizer, str(out)), SPAWN_TIMEOUT_S)
+    join(spawn(_worker, 2, (free_port(), student_tokenizer, str(out))), time.monotonic() + SPAWN_TIMEOUT_S,
+         SPAWN_TIMEOUT_S)
     spawn_s = time.perf_counter() - start
     results = {"reference": reference}
     for name, _, _ in SCENARIOS:

@@ -12,23 +12,19 @@ comm op loaded once (JIT-compiled on a cold cache: see test_strategy.py).
 """
 from __future__ import annotations
 
-import os
-import socket
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from idrm_ray.core import tiny
 from idrm_ray.core.peft_student import PeftSettings, apply_peft, merge_lora_state
 from idrm_ray.core.reward_model import save_reward_model
 from idrm_ray.train.strategy import make_strategy
+from spawn_helpers import free_port, gloo_rank, join, spawn
 
-REPO = Path(__file__).resolve().parents[2]
 SEQ, ROWS, ACCUM, STEPS = 16, 4, 2, 3
 LR, MAX_GRAD_NORM = 1e-2, 1.0
 ATOL_PARAMS, REL_PARAMS, RTOL_SCALARS = 5e-5, 1e-3, 1e-4
@@ -111,40 +107,9 @@ def _scenarios(rank: int, scenarios, tok, out_dir: str) -> None:
 
 
 def _worker(rank: int, world_size: int, port: int, tok, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    from datetime import timedelta
-
-    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=120))
-    try:
+    with gloo_rank(rank, world_size, port):
         _scenarios(rank, SCENARIOS, tok, out_dir)
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(nprocs: int, args: tuple):
-    return mp.start_processes(_worker, args=(nprocs, *args), nprocs=nprocs, join=False, start_method="spawn")
-
-
-def _join(ctx, deadline: float) -> None:
-    while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
-        if time.monotonic() >= deadline:
-            for proc in ctx.processes:
-                if proc.is_alive():
-                    proc.kill()
-                proc.join(10)
-            pytest.fail(f"spawned ranks still running after {SPAWN_TIMEOUT_S} s (hang?)")
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +118,7 @@ def runs(student_tokenizer, tmp_path_factory) -> dict[str, dict]:
     start, threads = time.perf_counter(), torch.get_num_threads()
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
     save_reward_model(tiny.build_tiny_student(student_tokenizer, seed=0), student_tokenizer, out / "student")
-    two = _spawn(2, (_free_port(), student_tokenizer, str(out)))
+    two = spawn(_worker, 2, (free_port(), student_tokenizer, str(out)))
     torch.set_num_threads(1)
     try:
         results = {}
@@ -161,7 +126,7 @@ def runs(student_tokenizer, tmp_path_factory) -> dict[str, dict]:
             results[f"{setting}_reference"] = _run("torch", None, student_tokenizer, peft, out / f"{setting}_ref")
     finally:
         torch.set_num_threads(threads)
-    _join(two, deadline)
+    join(two, deadline, SPAWN_TIMEOUT_S)
     for setting in SETTINGS:
         for name, _, _ in SCENARIOS:
             results[f"{setting}_{name}"] = torch.load(out / f"{setting}_{name}.pt", weights_only=True)

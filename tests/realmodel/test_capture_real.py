@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from idrm_ray.core.capture import attention_layout, capture_qk
+from idrm_ray.core.collate import collate_pairs
 from idrm_ray.core.reward_model import backbone, compute_rewards, load_reward_model
 from idrm_ray.core.types import PreferenceExample
-from idrm_ray.core.units import collate_pairs, encode_pairs
+from idrm_ray.core.units import encode_pairs
 
 # One pair: its chosen and rejected rows differ in length, so the batch has padding.
 PAIRS = [PreferenceExample("What is the capital of France? 🙂", " Paris.", " I think it is Lyon, but I am not sure.")]

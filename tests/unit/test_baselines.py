@@ -19,11 +19,12 @@ from idrm_ray.core.baselines import (
     smoothed_bt_terms,
 )
 from idrm_ray.core import tiny
+from idrm_ray.core.collate import collate_pairs
 from idrm_ray.core.losses import bt_loss
 from idrm_ray.core.objective import BTSettings, RewardForward, preference_loss
 from idrm_ray.core.reward_model import compute_rewards, value_head
 from idrm_ray.core.types import PreferenceExample
-from idrm_ray.core.units import collate_pairs, encode_pairs
+from idrm_ray.core.units import encode_pairs
 
 
 def test_preference_strength_by_hand():

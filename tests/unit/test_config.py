@@ -23,7 +23,7 @@ from idrm_ray.config import (
     make_plan,
     save_config,
 )
-from idrm_ray.config.base import MISSING_MARK, field_types, is_section
+from idrm_ray.configtree.base import MISSING_MARK, field_types, is_section
 
 REPO = Path(__file__).resolve().parents[2]
 SKIP_DIRS = {".venv", ".git", "runs", "__pycache__", ".pytest_cache", "node_modules", "build", "dist"}

@@ -6,7 +6,7 @@ import typing
 import pytest
 
 from idrm_ray.compare.variants import needs_members, parse_variants
-from idrm_ray.config.train import MethodConfig
+from idrm_ray.config.method import MethodConfig
 from idrm_ray.core.method_kind import METHODS, method_kind
 
 # name: (distills, base, member kind, needs members with ratings, ... without ratings)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from idrm_ray.config import load_config
-from idrm_ray.config.base import ConfigValueError
+from idrm_ray.configtree.base import ConfigValueError
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.stream.cluster import scaling_config, teacher_finetune_scaling_config
 from idrm_ray.teacher.finetune import LinearSchedule, per_worker_batch

@@ -9,9 +9,11 @@ from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
 from idrm_ray.core import tiny
+from idrm_ray.core.collate import collate_pairs
+from idrm_ray.core.tokens import teacher_pair_format
 from idrm_ray.core.truncation import keep_counts, renumber_units, units_for_maps, window_keep
 from idrm_ray.core.types import PreferenceExample
-from idrm_ray.core.units import collate_pairs, common_units, encode_pair, encode_pairs, teacher_pair_format, unit_matrix
+from idrm_ray.core.units import common_units, encode_pair, encode_pairs, unit_matrix
 
 TEXTS = [
     "\n\nHuman: What is the capital of France?\n\nAssistant: Paris, of course.",

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from idrm_ray.config.base import (
+from idrm_ray.configtree.base import (
     MISSING_MARK,
     ConfigError,
     ConfigValueError,

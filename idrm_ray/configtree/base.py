@@ -19,6 +19,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+# Field types and limits that several sections of the train tree share.
+Dtype = Literal["auto", "bf16", "fp16", "fp32"]
+MIN_LEN = 16  # room for the specials plus a few tokens of each half
+
 # A value that must be given by a later layer (written `???` in YAML, like OmegaConf).
 MISSING_MARK = "???"
 _NULL_TEXTS = {"null", "~", "none", "None", "NULL"}
