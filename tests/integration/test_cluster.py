@@ -108,7 +108,9 @@ def sim_cluster():
         ray.shutdown()
         cluster.shutdown()
         if had_ray:  # as conftest's ray_session started it, for the modules that follow
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+            from idrm_ray import local_ray
+
+            local_ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
 
 
 def _instrumented_loop(*, log_dir: str, hold_marker: str):
