@@ -28,5 +28,8 @@ def init(**kwargs):
     """`ray.init(address="local", **kwargs)` with the pin in the job's runtime env."""
     import ray
 
+    # The dashboard's module processes get 30 s to start by default: too short on a busy laptop or
+    # 2-core machine, where the start then fails ("Module MetricsHead failed to start").
+    os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "120")
     runtime_env = {**kwargs.pop("runtime_env", {}), "worker_process_setup_hook": PIN_HOOK}
     return ray.init(address="local", runtime_env=runtime_env, **kwargs)

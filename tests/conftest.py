@@ -9,6 +9,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray's dashboard gives each of its module processes 30 s to start; two pytest workers on 2 cores
+# (each with its Ray, plus the `ray start` heads of test_auth.py and the CLI runs) can take longer.
+os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "120")
 
 import pytest
 import torch
