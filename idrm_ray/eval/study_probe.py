@@ -14,6 +14,8 @@ checkpoints a `compare --preset study_real` run wrote, on held-out stress pairs.
   per unit that response units give to the decisive fact's units, over that plus the mean of
   the other facts' (0.5: no preference). For the teacher's maps and each student's simulated
   maps: does the teacher attend to the decisive fact, and does ID carry that over?
+  `teacher_fact_share_inter`: the same from the rejected response's units to the chosen
+  half's facts (the teacher's inter block `lw`, the direction NLI premise -> hypothesis trains).
 - `reward_fact` / `reward_cue` (early/*): the share of the reward token's top-block attention
   (`diagnostics.reward_token_attention`, head mean) on the decisive fact's tokens and on the
   late cue's tokens (" Tag: blue."), chosen sequences: what the score is read from.
@@ -122,6 +124,9 @@ def prepare(rows: list[dict], cfg, student_tok, teacher_tok, teacher) -> dict:
         item["cues"] = [cue_units(e.unit_spans_w, r["prompt"] + r["chosen"], len(r["prompt"])) for e, r in zip(encs, rows)]
         item["teacher_fact_share"] = _mean(fact_share(item["maps"].ww[i, 0].numpy(), *f)
                                            for i, f in enumerate(item["facts"]))
+        item["teacher_fact_share_inter"] = _mean(  # rejected's response -> the chosen half's facts (lw)
+            fact_share(item["maps"].lw[i, 0].numpy(), np.where(e.unit_response_l)[0], *f[1:])
+            for i, (e, f) in enumerate(zip(encs, item["facts"])))
     return item
 
 
@@ -144,7 +149,7 @@ def load_sets(teacher_dir: str, eval_path: str, *, pairs: int, preset: str = "st
 def teacher_shares(teacher_dir: str, eval_path: str, *, pairs: int, preset: str = "study_real") -> dict:
     """Teacher-only mode: the teacher's `fact_share` per early/* kind, before any student trains."""
     sets, _ = load_sets(teacher_dir, eval_path, pairs=pairs, preset=preset)
-    return {k: {"teacher_fact_share": s["teacher_fact_share"]} for k, s in sets.items() if s["early"]}
+    return {k: {m: s[m] for m in ("teacher_fact_share", "teacher_fact_share_inter")} for k, s in sets.items() if s["early"]}
 
 
 def run_probe(compare_dir: Path, eval_path: str, *, pairs: int, seeds: list[int], preset: str = "study_real",
