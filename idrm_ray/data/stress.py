@@ -96,8 +96,8 @@ def nli_bind_row(rng: random.Random, label: int) -> dict:
         target, obj = Fact(absent, rng.randrange(len(VERBS)), target.obj), rng.choice(facts).obj
     question = f"What does {target.subj} {VERBS[target.verb][1]}?"
     tail = rng.choice(CUES) + rng.choice(CLOSERS) if rng.random() < 0.5 else ""
-    return {"premise": early_prompt(rng, facts, question), "hypothesis": rng.choice(ANSWERS)(target, obj).strip() + tail,
-            "label": label}
+    premise = early_prompt(rng, facts, question)
+    return {"premise": premise, "hypothesis": rng.choice(ANSWERS)(target, obj).strip() + tail, "label": label}
 
 
 def copy_row(rng: random.Random, *, swap_first: bool) -> dict:

@@ -5,7 +5,8 @@ checkpoints a `compare --preset study_real` run wrote, on held-out stress pairs.
         [--pairs 16] [--seeds 0,1,2] [--teacher DIR] [--json OUT]
     python -m idrm_ray.eval.study_probe --teacher-only --teacher DIR --eval EVAL.jsonl [--pairs 48]
 
-(`--teacher-only`: the teacher's `fact_share` alone, to check a teacher before any student trains.)
+(`--teacher-only`: the teacher's `fact_share` alone, top block and every block, to check a
+teacher before any student trains.)
 
 - `l_id`: L_ID (Eq. 8, the run's settings) of each checkpoint against the run's NLI teacher:
   do the student's simulated maps sit nearer the teacher's after ID than after BT or before
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from idrm_ray.config.loader import load_config
 from idrm_ray.config.train import TrainJobConfig
@@ -121,6 +122,8 @@ def prepare(rows: list[dict], cfg, student_tok, teacher_tok, teacher) -> dict:
     if item["early"]:
         item["facts"] = [(np.where(e.unit_response_w)[0], *fact_units(e.unit_spans_w, r["prompt"]))
                          for e, r in zip(encs, rows)]
+        item["facts_l"] = [(np.where(e.unit_response_l)[0], *fact_units(e.unit_spans_l, r["prompt"]))
+                           for e, r in zip(encs, rows)]
         item["cues"] = [cue_units(e.unit_spans_w, r["prompt"] + r["chosen"], len(r["prompt"])) for e, r in zip(encs, rows)]
         item["teacher_fact_share"] = _mean(fact_share(item["maps"].ww[i, 0].numpy(), *f)
                                            for i, f in enumerate(item["facts"]))
@@ -130,15 +133,17 @@ def prepare(rows: list[dict], cfg, student_tok, teacher_tok, teacher) -> dict:
     return item
 
 
-def load_sets(teacher_dir: str, eval_path: str, *, pairs: int, preset: str = "study_real") -> tuple[dict, dict]:
+def load_sets(teacher_dir: str, eval_path: str, *, pairs: int, preset: str = "study_real",
+              blocks: int | None = None) -> tuple[dict, dict]:
     """The preset's config, its ID settings and each eval kind `prepare`d with the teacher at
-    `teacher_dir` (top N blocks, renormalisation and head renormalisation as the preset sets them)."""
+    `teacher_dir` (top N blocks, or `blocks`; renormalisation and head renormalisation as the
+    preset sets them)."""
     cfg = load_config(TrainJobConfig, None, preset=preset)
     student_tok, teacher_tok = AutoTokenizer.from_pretrained(cfg.student.name_or_path), AutoTokenizer.from_pretrained(teacher_dir)
     if student_tok.pad_token_id is None:
         student_tok.pad_token = student_tok.eos_token
     idc = cfg.method.id
-    teacher = TeacherAttention(teacher_dir, top_n=idc.top_n, device="cpu", renormalize=idc.mode,
+    teacher = TeacherAttention(teacher_dir, top_n=blocks or idc.top_n, device="cpu", renormalize=idc.mode,
                                head_renorm=idc.teacher_head_renorm)
     all_rows = [json.loads(line) for line in Path(eval_path).read_text(encoding="utf-8").splitlines() if line.strip()]
     sets = {k: prepare([r for r in all_rows if r["kind"] == k][:pairs], cfg, student_tok, teacher_tok, teacher)
@@ -147,9 +152,25 @@ def load_sets(teacher_dir: str, eval_path: str, *, pairs: int, preset: str = "st
 
 
 def teacher_shares(teacher_dir: str, eval_path: str, *, pairs: int, preset: str = "study_real") -> dict:
-    """Teacher-only mode: the teacher's `fact_share` per early/* kind, before any student trains."""
-    sets, _ = load_sets(teacher_dir, eval_path, pairs=pairs, preset=preset)
-    return {k: {m: s[m] for m in ("teacher_fact_share", "teacher_fact_share_inter")} for k, s in sets.items() if s["early"]}
+    """Teacher-only mode, before any student trains: per early/* kind the teacher's top-block
+    `fact_share` (and `_inter`), and per block (top first, all the teacher's blocks) the share
+    in the chosen half (`ww`, its response names the decisive object) and in the rejected half
+    (`ll`, it names another fact's object: matching the object alone puts this below 0.5)."""
+    sets, _ = load_sets(teacher_dir, eval_path, pairs=pairs, preset=preset, blocks=_num_layers(teacher_dir))
+    out = {}
+    for kind, s in sets.items():
+        if s["early"]:
+            by_block = lambda m, facts: [  # noqa: E731
+                _mean(fact_share(m[i, k].numpy(), *f) for i, f in enumerate(facts)) for k in range(m.shape[1])]
+            out[kind] = {"teacher_fact_share": s["teacher_fact_share"],
+                         "teacher_fact_share_inter": s["teacher_fact_share_inter"],
+                         "chosen_by_block": by_block(s["maps"].ww, s["facts"]),
+                         "rejected_by_block": by_block(s["maps"].ll, s["facts_l"])}
+    return out
+
+
+def _num_layers(model_dir: str) -> int:
+    return int(AutoConfig.from_pretrained(model_dir).num_hidden_layers)
 
 
 def run_probe(compare_dir: Path, eval_path: str, *, pairs: int, seeds: list[int], preset: str = "study_real",
@@ -191,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.teacher_only:
         res = teacher_shares(args.teacher, args.eval, pairs=args.pairs)
     else:
-        res = run_probe(Path(args.compare_dir), args.eval, pairs=args.pairs, seeds=[int(s) for s in args.seeds.split(",")],
-                        teacher_dir=args.teacher)
+        seeds = [int(s) for s in args.seeds.split(",")]
+        res = run_probe(Path(args.compare_dir), args.eval, pairs=args.pairs, seeds=seeds, teacher_dir=args.teacher)
     text = json.dumps(res, indent=1)
     if args.json:
         Path(args.json).write_text(text)
