@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--no-asha", action="store_true", help="no early stopping: every trial trains to the end")
         if name == "compare":
             p.add_argument("--methods", default="all", help="comma-separated methods and ablations; `all` (the 9 "
-                           "methods), `table2`, `ablations` (id-no-intra, id-no-inter, id-no-nli, id-alt-teacher)")
+                           "methods), `table2`, `ablations` (id-no-intra, id-no-inter, id-no-nli, id-alt-teacher); "
+                           "`id@lam=0.4@top_n=2`: ID with method.id settings")
             p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
             p.add_argument("--eval", action="append", default=None, metavar="SRC",
                            help="eval set (path, HF id or `bundled`; repeatable); default: the run's eval pairs by kind")

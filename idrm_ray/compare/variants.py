@@ -7,13 +7,18 @@
                 id-no-nli        the teacher's encoder without NLI fine-tuning
                 id-alt-teacher   the other encoder family (BERT <-> DeBERTa) fine-tuned on NLI
 
+ID settings: `id@lam=0.4`, `id@top_n=2@teacher_head_renorm=true` (any `method.id` key, values
+read as YAML) is ID with those settings, and may follow an ablation (`id-no-inter@lam=0.4`).
 A variant names the teacher it needs ("nli", "no_nli" or "alt"); the job prepares each
 teacher once and shares its map cache across seeds.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
+import yaml
+
+from idrm_ray.config.train import IDConfig
 from idrm_ray.core.method_kind import METHODS, method_kind
 
 TABLE2_METHODS = ("bt", "am", "lf", "warm", "inform", "id")
@@ -34,7 +39,10 @@ class Variant:
 
 
 def variant(name: str) -> Variant:
-    """The Variant called `name` (a method or an ablation); unknown names list the choices."""
+    """The Variant called `name` (a method or an ablation, with `@key=value` ID settings);
+    unknown names list the choices."""
+    if "@" in name:
+        return _with_id_settings(name)
     if name in METHODS:
         return Variant(name, name)
     if name == "id-no-intra":
@@ -46,6 +54,21 @@ def variant(name: str) -> Variant:
     if name == "id-alt-teacher":
         return Variant(name, "id", teacher="alt")
     raise ValueError(f"unknown method or ablation {name!r}; choose from {', '.join(METHODS + ABLATIONS)}")
+
+
+def _with_id_settings(name: str) -> Variant:
+    """`<variant>@key=value[@key=value...]`: the variant with those `method.id` values."""
+    base, *settings = name.split("@")
+    v = variant(base)
+    known = {f.name for f in fields(IDConfig)}
+    values = dict(v.values.get("method", {}).get("id", {}))
+    for item in settings:
+        key, eq, raw = item.partition("=")
+        if not eq or key not in known or not v.distills:
+            raise ValueError(f"bad ID setting {item!r} in {name!r}: use <id variant>@key=value with a method.id key "
+                             f"({', '.join(sorted(known))})")
+        values[key] = yaml.safe_load(raw)
+    return replace(v, name=name, values={**v.values, "method": {**v.values.get("method", {}), "id": values}})
 
 
 def parse_variants(text: str) -> list[Variant]:

@@ -3,8 +3,8 @@ facts of `idrm_ray.data.generate` (same subjects, verbs, objects, HH-style promp
 
     python -m idrm_ray.data.stress --out DIR [--seed 0] [--check]
 
-writes `pref_train.jsonl`, `pref_eval.jsonl`, `nli_train.jsonl`, `nli_eval.jsonl` and
-`baselines.json`; same seed, same bytes. The committed copy under
+writes `pref_train.jsonl`, `pref_eval.jsonl`, `nli_train.jsonl`, `nli_eval.jsonl`,
+`nli_bind_train.jsonl`, `nli_bind_eval.jsonl` and `baselines.json`; same seed, same bytes. The committed copy under
 `idrm_ray/data/bundled/stress/` is what `configs/study_real.yaml` trains on. Every preference
 row has a `kind` field, so `idrm-ray compare` makes one table column per kind:
 
@@ -24,7 +24,13 @@ row has a `kind` field, so `idrm-ray compare` makes one table column per kind:
 
 Training pairs are half `early/id`, half `copy/id`; eval pairs are drawn first, from their own
 random stream, and no eval prompt repeats a training prompt. NLI pairs (the teacher's
-fine-tune) are `generate.nli_row`s of the same world, balanced labels. `baselines.json` holds
+fine-tune) are `generate.nli_row`s of the same world, balanced labels. `nli_bind_*.jsonl` (`nli_bind_row`) are
+NLI pairs that need the binding `early/*` needs, for a teacher that attends to the decisive
+fact: the premise is an `early/*` prompt (3-4 facts, small talk, the question about one
+subject), the hypothesis an answer of the same templates; entailment names that subject's
+object, contradiction another fact's object, neutral answers a question about a subject the
+premise has no fact about (with one of its objects). Half the hypotheses carry a cue and a
+closer drawn independently of the label. `baselines.json` holds
 the length-only, last-token-only and spurious-cue baselines of every set
 (`idrm_ray.data.shortcuts`), fitted on the training pairs.
 """
@@ -42,7 +48,9 @@ from idrm_ray.data.shortcuts import chance_band, shortcut_baselines
 
 STRESS_DIR = Path(__file__).resolve().parent / "bundled" / "stress"
 DEFAULT_SEED = 0
-SIZES = {"pref_train": 480, "per_eval_kind": 48, "nli_train": 1200, "nli_eval": 240}
+SIZES = {"pref_train": 480, "per_eval_kind": 48, "nli_train": 1200, "nli_eval": 240,
+         "nli_bind_train": 1200, "nli_bind_eval": 240}
+NLI_SPLITS = ("nli_train", "nli_eval", "nli_bind_train", "nli_bind_eval")
 EVAL_KINDS = ("copy/id", "copy/ood", "early/id", "early/ood")
 CUES = (" Tag: blue.", " Tag: gold.")  # chosen's cue in training, rejected's; same length
 CLOSERS = [" Thanks!", " Bye.", " Hope this helps.", " Cheers.", " Okay.", " Good luck."]
@@ -77,6 +85,21 @@ def early_row(rng: random.Random, *, reverse_cue: bool) -> dict:
             "kind": "early/ood" if reverse_cue else "early/id"}
 
 
+def nli_bind_row(rng: random.Random, label: int) -> dict:
+    """An NLI pair decided by binding the question's subject to its fact (0 entailment, 1 neutral,
+    2 contradiction); see the module docstring."""
+    facts = sample_facts(rng, rng.choice((3, 4)), mod_p=0.0)
+    target = rng.choice(facts)
+    obj = target.obj if label == 0 else rng.choice([f for f in facts if f is not target]).obj
+    if label == 1:  # the question's subject has no fact: the premise does not say
+        absent = rng.choice([s for s in SUBJECTS if s not in {f.subj for f in facts}])
+        target, obj = Fact(absent, rng.randrange(len(VERBS)), target.obj), rng.choice(facts).obj
+    question = f"What does {target.subj} {VERBS[target.verb][1]}?"
+    tail = rng.choice(CUES) + rng.choice(CLOSERS) if rng.random() < 0.5 else ""
+    premise = early_prompt(rng, facts, question)
+    return {"premise": premise, "hypothesis": rng.choice(ANSWERS)(target, obj).strip() + tail, "label": label}
+
+
 def copy_row(rng: random.Random, *, swap_first: bool) -> dict:
     items = rng.sample(THINGS, rng.choice((4, 5)))
     i = 0 if swap_first else len(items) - 2
@@ -92,7 +115,7 @@ MAKERS = {"early/id": lambda rng: early_row(rng, reverse_cue=False), "early/ood"
 
 
 def generate_rows(*, seed: int = DEFAULT_SEED, sizes: dict[str, int] | None = None) -> dict[str, list[dict]]:
-    """{"pref_train", "pref_eval", "nli_train", "nli_eval"}: lists of dicts."""
+    """{"pref_train", "pref_eval", "nli_train", "nli_eval", "nli_bind_train", "nli_bind_eval"}: lists of dicts."""
     sizes = {**SIZES, **(sizes or {})}
     prompt = lambda r: r["prompt"]  # noqa: E731
     rng = random.Random(seed * 1000 + 501)
@@ -115,7 +138,14 @@ def generate_rows(*, seed: int = DEFAULT_SEED, sizes: dict[str, int] | None = No
                                {nli_key(r) for r in out["nli_eval"]})
     for name in ("nli_eval", "nli_train"):
         rng.shuffle(out[name])
-    return {name: out[name] for name in ("pref_train", "pref_eval", "nli_train", "nli_eval")}
+    rng = random.Random(seed * 1000 + 521)
+    out["nli_bind_eval"] = _unique(lambda i: nli_bind_row(rng, i % 3), sizes["nli_bind_eval"], nli_key, set())
+    rng = random.Random(seed * 1000 + 520)
+    out["nli_bind_train"] = _unique(lambda i: nli_bind_row(rng, i % 3), sizes["nli_bind_train"], nli_key,
+                                    {nli_key(r) for r in out["nli_bind_eval"]})
+    for name in ("nli_bind_eval", "nli_bind_train"):
+        rng.shuffle(out[name])
+    return {name: out[name] for name in ("pref_train", "pref_eval", *NLI_SPLITS)}
 
 
 def baselines(rows: dict[str, list[dict]]) -> dict:

@@ -73,3 +73,13 @@ def test_significance_per_seed_against_bt(tmp_path):
     text = write_significance(tmp_path, rows)
     assert "| 0 | id | ood | 20 | 100.0 | 60.0 | 8/0 |" in text and (tmp_path / "significance.csv").exists()
     assert write_significance(tmp_path, rows[1:]) == ""  # no BT: nothing to test against
+
+
+def test_id_settings_variants():
+    """`id@key=value`: ID (or an ID ablation) with method.id values, read as YAML; bad keys fail."""
+    a, b = parse_variants("id@lam=0.4,id-no-inter@top_n=2@teacher_head_renorm=true")
+    assert (a.name, a.method, a.values) == ("id@lam=0.4", "id", {"method": {"id": {"lam": 0.4}}})
+    assert b.values == {"method": {"id": {"inter": False, "top_n": 2, "teacher_head_renorm": True}}}
+    for bad in ("id@nope=1", "bt@lam=1", "id@lam"):
+        with pytest.raises(ValueError, match="bad ID setting"):
+            parse_variants(bad)

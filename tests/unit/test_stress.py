@@ -8,7 +8,8 @@ import pytest
 from idrm_ray.data import stress
 from idrm_ray.data.shortcuts import chance_band, shortcut_baselines
 
-SMALL = {"pref_train": 400, "per_eval_kind": 60, "nli_train": 90, "nli_eval": 30}
+SMALL = {"pref_train": 400, "per_eval_kind": 60, "nli_train": 90, "nli_eval": 30, "nli_bind_train": 90,
+         "nli_bind_eval": 30}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,31 @@ def test_shortcut_rules_find_a_real_leak():
     assert res["eval"] == {"pairs": 20, "length": 1.0, "last_token": 0.5, "spurious": 1.0}
     assert res["train"]["length"] == res["train"]["last_token"] == 1.0  # two-fold on train itself
     assert chance_band(100) == pytest.approx(0.1645)
+
+
+def _subject_fact(premise: str, subject: str) -> str | None:
+    """The object the premise's first turn gives `subject` (None: no fact about it)."""
+    facts = premise.split("\n\nHuman: ")[1].split("\n\n")[0].split(": ", 1)[1].rstrip(".").split(". ")
+    hits = [f for f in facts if f.lower().startswith(subject)]
+    return hits[0].split(" ", 2 + subject.count(" "))[-1].lower() if hits else None
+
+
+def test_bind_nli_needs_the_subject_bound_to_its_fact(rows):
+    """Entailment names the asked subject's object, contradiction another fact's object, neutral
+    asks about a subject the premise has no fact about; the named object is always one of the
+    premise's, so only the binding decides; labels balanced, no train/eval overlap."""
+    train, evals = rows["nli_bind_train"], rows["nli_bind_eval"]
+    assert [sum(r["label"] == k for r in train) for k in range(3)] == [30, 30, 30]
+    assert not {(r["premise"], r["hypothesis"]) for r in train} & {(r["premise"], r["hypothesis"]) for r in evals}
+    for r in train + evals:
+        subject = r["premise"].rsplit("What does ", 1)[1].rsplit(" ", 1)[0].lower()
+        objects = [o for o in stress.OBJECTS if o in r["premise"].split("\n\n")[1].lower()]
+        hypothesis = r["hypothesis"].lower().removeprefix("the answer is ")  # a template, not the object
+        named = [o for o in objects if o in hypothesis]
+        assert len(named) == 1 and 3 <= len(objects) <= 4, r
+        fact = _subject_fact(r["premise"], subject)
+        expected = 1 if fact is None else 0 if fact == named[0] else 2
+        assert r["label"] == expected, r
 
 
 def test_committed_baselines_file_matches(rows):

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from idrm_ray.eval.study_probe import cue_units, fact_share, fact_units, token_share
+from idrm_ray.eval.study_probe import cue_units, fact_share, fact_units, main, token_share
 
 PROMPT = ("\n\nHuman: Facts: A dog likes the ball. The cat reads a book.\n\nAssistant: Got it."
           "\n\nHuman: What does the cat read?\n\nAssistant:")
@@ -39,3 +39,11 @@ def test_shares():
     attn = np.array([0.5, 0.2, 0.2, 0.1])
     assert token_share(attn, np.array([-1, 0, 0, 3]), [0]) == pytest.approx(0.4)
     assert token_share(attn, np.array([-1, 0, 0, 3]), []) == 0.0
+
+
+@pytest.mark.parametrize("argv", [["--eval", "e.jsonl"], ["--teacher-only", "--eval", "e.jsonl"],
+                                  ["runs/c", "--teacher-only", "--teacher", "t", "--eval", "e.jsonl"]])
+def test_cli_needs_a_compare_dir_or_a_teacher_only_teacher(argv):
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
