@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import yaml
 
-from idrm_ray.config.train import IDConfig
+from idrm_ray.methods.id import IDConfig
 from idrm_ray.core.method_kind import METHODS, method_kind
 
 TABLE2_METHODS = ("bt", "am", "lf", "warm", "inform", "id")
