@@ -32,25 +32,8 @@ SLOW_MODULES = {"test_auth.py", "test_bad_input.py", "test_cluster.py", "test_ev
                 "test_pipeline.py", "test_console_cli.py", "test_serve_ray.py", "test_strategy.py", "test_strategy_peft.py"}
 
 
-# The README's test command runs two pytest workers (pytest-xdist, `-n 2 --dist loadscope
-# --no-loadscope-reorder`): each module runs whole on one worker, so a module-scoped run is built
-# once; the session's `shared_run` has one user module (test_pipeline.py). Each worker starts its
-# own local Ray (`idrm_ray.local_ray` keeps the two apart). Modules are handed out in collection
-# order, so the longest go first (measured seconds on 2 cores, quiet, one worker), and the short
-# ones fill in beside them instead of leaving one worker alone with a long run at the end.
-LONGEST_FIRST = ("test_tune.py", "test_pipeline.py", "test_train_real.py", "test_cluster.py", "test_methods.py",
-                 "test_zero_under_ray.py", "test_recovery.py", "test_console_cli.py", "test_exactly_once.py",
-                 "test_auth.py", "test_local_run.py")  # ~175, 150, 140, 95, 70, 57, 47, 44, 34, 31, 27 s
-
-
-def _longest_first(item) -> int:
-    name = os.path.basename(str(item.fspath))
-    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
-    items.sort(key=_longest_first)  # stable: the rest keep their order
     for item in items:
         path = str(item.fspath)
         if (SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or os.path.basename(path) in SLOW_MODULES
