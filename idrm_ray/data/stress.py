@@ -130,22 +130,24 @@ def generate_rows(*, seed: int = DEFAULT_SEED, sizes: dict[str, int] | None = No
     pref_train = _unique(lambda i: MAKERS["early/id" if i % 2 else "copy/id"](rng), sizes["pref_train"], prompt, taken)
     rng.shuffle(pref_train)
     out = {"pref_train": pref_train, "pref_eval": pref_eval}
-    nli_key = lambda r: (r["premise"], r["hypothesis"])  # noqa: E731
-    rng = random.Random(seed * 1000 + 511)
-    out["nli_eval"] = _unique(lambda i: nli_row(rng, i % 3), sizes["nli_eval"], nli_key, set())
-    rng = random.Random(seed * 1000 + 510)
-    out["nli_train"] = _unique(lambda i: nli_row(rng, i % 3), sizes["nli_train"], nli_key,
-                               {nli_key(r) for r in out["nli_eval"]})
-    for name in ("nli_eval", "nli_train"):
-        rng.shuffle(out[name])
-    rng = random.Random(seed * 1000 + 521)
-    out["nli_bind_eval"] = _unique(lambda i: nli_bind_row(rng, i % 3), sizes["nli_bind_eval"], nli_key, set())
-    rng = random.Random(seed * 1000 + 520)
-    out["nli_bind_train"] = _unique(lambda i: nli_bind_row(rng, i % 3), sizes["nli_bind_train"], nli_key,
-                                    {nli_key(r) for r in out["nli_bind_eval"]})
-    for name in ("nli_bind_eval", "nli_bind_train"):
-        rng.shuffle(out[name])
+    out.update(_nli_splits(nli_row, "nli", seed * 1000 + 510, sizes))
+    out.update(_nli_splits(nli_bind_row, "nli_bind", seed * 1000 + 520, sizes))
     return {name: out[name] for name in ("pref_train", "pref_eval", *NLI_SPLITS)}
+
+
+def _nli_splits(make_row, prefix: str, stream: int, sizes: dict[str, int]) -> dict[str, list[dict]]:
+    """`<prefix>_eval` (random stream `stream + 1`) and `<prefix>_train` (stream `stream`, no
+    (premise, hypothesis) of the eval split), balanced labels, both shuffled by the train stream."""
+    def key(r):
+        return r["premise"], r["hypothesis"]
+
+    rng = random.Random(stream + 1)
+    evals = _unique(lambda i: make_row(rng, i % 3), sizes[f"{prefix}_eval"], key, set())
+    rng = random.Random(stream)
+    train = _unique(lambda i: make_row(rng, i % 3), sizes[f"{prefix}_train"], key, {key(r) for r in evals})
+    for rows in (evals, train):
+        rng.shuffle(rows)
+    return {f"{prefix}_eval": evals, f"{prefix}_train": train}
 
 
 def baselines(rows: dict[str, list[dict]]) -> dict:
