@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from idrm_ray.train.session import LocalSession, LocalShard
 
@@ -52,3 +53,36 @@ def test_local_session_keeps_the_latest_checkpoints_and_resumes_from_them(tmp_pa
     again = LocalSession(shards={}, storage=storage, keep=2)
     steps = [json.loads(open(f"{c.path}/progress.json").read())["step"] for c in again.resume_candidates()]
     assert steps == [3, 2]
+
+
+def test_a_checkpoint_cut_off_mid_write_is_never_a_resume_candidate(tmp_path, monkeypatch):
+    """The folder is moved under a hidden partial name, then renamed: a failure in between
+    leaves the last whole checkpoint as the latest, and the source's owner an empty folder."""
+    import shutil
+
+    from idrm_ray.train import session as session_mod
+
+    storage = tmp_path / "run-bt"
+    session = LocalSession(shards={}, storage=storage, keep=3)
+    src = tmp_path / "src1"
+    src.mkdir()
+    (src / "progress.json").write_text(json.dumps({"step": 1}))
+    session.report({"step": 1}, checkpoint_dir=str(src))
+    assert list(src.iterdir()) == []  # moved, not copied
+
+    src2 = tmp_path / "src2"
+    src2.mkdir()
+    for name in ("model.safetensors", "progress.json"):
+        (src2 / name).write_text(json.dumps({"step": 2}))
+    real_move = shutil.move
+
+    def move_then_die(a, b):
+        real_move(a, b)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(session_mod.shutil, "move", move_then_die)
+    with pytest.raises(OSError, match="disk full"):
+        session.report({"step": 2}, checkpoint_dir=str(src2))
+    again = LocalSession(shards={}, storage=storage, keep=3)
+    steps = [json.loads(open(f"{c.path}/progress.json").read())["step"] for c in again.resume_candidates()]
+    assert steps == [1]
