@@ -141,6 +141,9 @@ class RunConfig:
     log_every: int = param(10, "Report metrics every this many steps.")
     local: bool = param(False, "Train in this process: one worker, no Ray Train, the stages called in-process "
                                "(debugging, tests; `idrm-ray train --local`).")
+    methods_at_once: int = param(
+        0, "Methods of one run trained side by side, e.g. BT beside ID with method.compare_bt (0: as many as "
+           "the cluster's student resources fit; 1: one after another). Ensemble methods and local runs: one.")
 
     def __post_init__(self):
         require(self, bool(self.output_dir.strip()), "output_dir", "give a folder, e.g. runs/")
@@ -149,6 +152,7 @@ class RunConfig:
         require(self, self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         require(self, self.max_failures >= -1, "max_failures", "must be >= -1 (-1: unlimited)")
         require(self, self.log_every >= 1, "log_every", "must be >= 1")
+        require(self, self.methods_at_once >= 0, "methods_at_once", "must be >= 0 (0: automatic)")
 
 
 @dataclass(frozen=True)

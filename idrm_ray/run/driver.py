@@ -18,6 +18,7 @@ from idrm_ray import console
 from idrm_ray.config import dump_config
 from idrm_ray.config.plan import make_plan, teacher_dtype
 from idrm_ray.config.train import TrainJobConfig
+from idrm_ray.core.method_kind import method_kind
 from idrm_ray.data import bundled_path, load_preferences
 from idrm_ray.methods.registry import worker_asks
 from idrm_ray.multirun import tools as procedures
@@ -125,10 +126,8 @@ def run_train(cfg: TrainJobConfig) -> dict:
     _start(cfg)
     student_dir = prepare_student(cfg, run_dir)
     teacher_dir, teacher_metrics = prepare_teacher(cfg, run_dir, needed=cfg.method.distills)
-    runs = []
-    for method in methods:
-        runs += run_method(cfg, plan, method=method, student_dir=student_dir, teacher_dir=teacher_dir,
-                           train=train, evals=evals, run_dir=run_dir)
+    runs = run_methods(cfg, plan, methods, student_dir=student_dir, teacher_dir=teacher_dir, train=train,
+                       evals=evals, run_dir=run_dir)
     summary = {
         "run_dir": str(run_dir),
         "wall_time_s": time.perf_counter() - t_start,
@@ -248,6 +247,32 @@ def encode_eval(evals, encode_kwargs: dict) -> list[dict]:
         })
         rows += [{k: v[i] for k, v in batch.items()} for i in range(len(chunk))]
     return rows
+
+
+def run_methods(cfg, plan, methods: list[str], *, train, **common) -> list[dict]:
+    """Every method's summary rows, in `methods` order. Methods that are one training run each
+    (bt, id, am from ratings, inform, id+am) go side by side, each a Ray task driving its own
+    TorchTrainer (the shape of ensemble members and Tune trials), as many at once as
+    `methods_at_once` allows; else, and for local runs, one after another."""
+    limit = methods_at_once(cfg, methods, train)
+    if limit <= 1:
+        return [row for method in methods for row in run_method(cfg, plan, method=method, train=train, **common)]
+    console.info(f"[idrm] {len(methods)} runs side by side: {', '.join(methods)}")
+    calls = [{"cfg": cfg, "plan": plan, "method": method, **common} for method in methods]
+    per_method = procedures.run_tasks(run_method, calls, limit=limit, shared={"train": train})
+    return [row for rows in per_method for row in rows]
+
+
+def methods_at_once(cfg, methods: list[str], train) -> int:
+    """How many of `methods` train at once: `run.methods_at_once` (0: as many as the cluster's
+    student resources fit, `cluster.runs_that_fit`), 1 for a local run or when a method is
+    an ensemble procedure (its members already fill the cluster)."""
+    if cfg.run.local or len(methods) < 2:
+        return 1
+    am_rated = all(e.margin is not None for e in train) and cfg.method.am.source != "ensemble"
+    if any(method_kind(m).needs_members(am_from_ratings=am_rated) for m in methods):
+        return 1
+    return min(len(methods), cfg.run.methods_at_once or cluster.runs_that_fit(cfg))
 
 
 def run_method(cfg, plan, **kwargs) -> list[dict]:

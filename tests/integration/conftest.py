@@ -41,6 +41,7 @@ def shared_overrides() -> list[str]:
     return [f"data.max_pairs={SHARED_PAIRS}", "optim.epochs=1", "optim.max_steps=null",
             f"optim.global_batch_size={SHARED_BATCH}", f"optim.micro_batch_size={SHARED_BATCH}",
             "teacher.finetune.epochs=2", "teacher.finetune.num_workers=2", "teacher.finetune.cpus_per_worker=0.5",
+            "resources.cpus_per_worker=0.5",  # BT and ID fit side by side (run.methods_at_once=0: automatic)
             f"run.eval_every={steps // SHARED_EVALS}", f"run.log_every={steps // 30}"]
 
 
