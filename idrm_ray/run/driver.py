@@ -217,6 +217,14 @@ def teacher_kwargs_for(cfg: TrainJobConfig, teacher_dir: str, *, top_n: int) -> 
                 dtype=teacher_dtype(cfg))
 
 
+def map_cache_key(cfg, *, train, teacher_dir, student_dir, encode_kwargs, num_blocks: int) -> str:
+    """The map cache's key for `num_blocks` teacher blocks over `train` as `cfg` encodes and
+    normalises them: a run, a sweep's shared build and its best config agree on it."""
+    return map_cache.cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train,
+                               encode_kwargs=encode_kwargs, num_blocks=num_blocks, renormalize=cfg.method.id.mode,
+                               head_renorm=cfg.method.id.teacher_head_renorm, map_format=cfg.teacher.map_format)
+
+
 def teacher_maps_stream(cfg, encoded, *, train, teacher_dir, student_dir, encode_kwargs, placement):
     """The teacher stage over the encoded stream, or the map cache when configured."""
     top_n = cfg.method.id.top_n
@@ -224,9 +232,8 @@ def teacher_maps_stream(cfg, encoded, *, train, teacher_dir, student_dir, encode
         kwargs = teacher_kwargs_for(cfg, teacher_dir, top_n=top_n)
         return teacher_stream(encoded, teacher_kwargs=kwargs, placement=placement)
     n_max = max(cfg.teacher.cache_blocks, top_n)
-    key = map_cache.cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train,
-                              encode_kwargs=encode_kwargs, num_blocks=n_max, renormalize=cfg.method.id.mode,
-                              head_renorm=cfg.method.id.teacher_head_renorm, map_format=cfg.teacher.map_format)
+    key = map_cache_key(cfg, train=train, teacher_dir=teacher_dir, student_dir=student_dir,
+                        encode_kwargs=encode_kwargs, num_blocks=n_max)
     kwargs = teacher_kwargs_for(cfg, teacher_dir, top_n=n_max)
     return map_cache.read_or_build(
         lambda: teacher_stream(encoded, teacher_kwargs=kwargs, placement=placement),

@@ -1,4 +1,4 @@
-"""The Ray Data graph (DESIGN.md §2): validated pairs -> encode (CPU) -> teacher actor
+"""The Ray Data graph (DESIGN.md §2): validated pairs -> encode (CPU tasks) -> teacher actor
 pool (small GPUs, `teacher_gpu`) -> streaming split into the train workers.
 
 Resource rule for small machines (STACK_NOTES.md): Ray Data's budget excludes what the
@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.data import ActorPoolStrategy, ExecutionResources
+from ray.data import ActorPoolStrategy, ExecutionResources, TaskPoolStrategy
 from ray.train import DataConfig
 
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.data.records import example_rows
-from idrm_ray.stream.stages import EncodeStage, TeacherStage
+from idrm_ray.stream.stages import TeacherStage, encode_batch
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class StagePlacement:
     (`teacher_gpu` in cluster.yaml); on one machine they are left out."""
 
     encode_cpus: float = 0.25
-    encode_concurrency: tuple[int, int] = (1, 2)
+    encode_concurrency: int = 2  # encode tasks at once
     teacher_cpus: float = 0.25
     teacher_gpus: float = 0.0
     teacher_resources: dict | None = None  # e.g. {"teacher_gpu": 1}
@@ -40,11 +40,13 @@ def examples_dataset(examples: list[PreferenceExample], *, num_blocks: int | Non
 
 
 def encoded_stream(ds: ray.data.Dataset, *, encode_kwargs: dict[str, Any], placement: StagePlacement) -> ray.data.Dataset:
+    """Encode as tasks (at most `encode_concurrency` at once) in Ray's pooled workers, which
+    keep their loaded tokenizers between batches and runs (`stages.encode_batch`)."""
     return ds.map_batches(
-        EncodeStage,
-        fn_constructor_kwargs=encode_kwargs,
+        encode_batch,
+        fn_kwargs=encode_kwargs,
         batch_size=placement.encode_batch_size,
-        compute=ActorPoolStrategy(min_size=placement.encode_concurrency[0], max_size=placement.encode_concurrency[1]),
+        compute=TaskPoolStrategy(size=placement.encode_concurrency),
         num_cpus=placement.encode_cpus,
         batch_format="numpy",
     )

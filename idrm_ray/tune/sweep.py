@@ -37,12 +37,12 @@ from idrm_ray.config import derive
 from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.run import (
-    cache_key,
     encode_kwargs_for,
     encoded_stream,
     examples_dataset,
     init_ray,
     load_data,
+    map_cache_key,
     prepare_student,
     prepare_teacher,
     runs_that_fit,
@@ -86,10 +86,8 @@ def build_cache(cfg: TrainJobConfig, *, train, student_dir: str, teacher_dir: st
     """The teacher maps for N_max blocks, through the pipeline's own cache path, once."""
     cfg_max = derive(cfg, {"method.id.top_n": n_max})
     ek = encode_kwargs_for(cfg_max, student_dir, teacher_dir)
-    key = cache_key(teacher_dir=teacher_dir, student_dir=student_dir, examples=train, encode_kwargs=ek,
-                              num_blocks=n_max, renormalize=cfg_max.method.id.mode,  # as teacher_maps_stream
-                              head_renorm=cfg_max.method.id.teacher_head_renorm,
-                              map_format=cfg_max.teacher.map_format)
+    key = map_cache_key(cfg_max, train=train, teacher_dir=teacher_dir, student_dir=student_dir, encode_kwargs=ek,
+                        num_blocks=n_max)
     path = Path(cfg.teacher.cache_dir) / key
     existed = (path / "_SUCCESS").exists()
     t0 = time.perf_counter()

@@ -129,18 +129,23 @@ def test_failed_trial_retried(sweep):
     assert row["eval_accuracy"] is not None and row["error"] is None  # the retry finished
 
 
-def test_best_config_trains_from_cache(sweep, guard, tmp_path):
-    """`idrm-ray train --config best_config.yaml` path: trains and reads the sweep's cache (no new key)."""
+def test_best_config_reads_the_sweeps_cache(sweep):
+    """`idrm-ray train --config best_config.yaml` from any folder finds the sweep's maps: the
+    config, loaded as the CLI loads it, gives the key the sweep built (the trials trained from
+    that cache with the same derived config, `trial_config`; a second fit here only repeated them)."""
     from idrm_ray.config import load_config
     from idrm_ray.config.train import TrainJobConfig
-    from idrm_ray.run.driver import run_train
+    from idrm_ray.run import encode_kwargs_for, load_data, map_cache_key
 
     d = Path(sweep["sweep_dir"])
-    cfg = load_config(TrainJobConfig, d / "best_config.yaml", [f"run.output_dir={tmp_path}", "run.name=best"])
-    summary = guard(lambda: run_train(cfg), timeout_s=240, what="train best config")
-    assert summary["runs"][0]["eval_accuracy"] is not None
-    cache_root = Path(cfg.teacher.cache_dir)
-    assert sorted(p.name for p in cache_root.iterdir() if not p.name.startswith(".")) == [sweep["cache"]["key"]]
+    cfg = load_config(TrainJobConfig, d / "best_config.yaml", ["run.name=best"])
+    train, _, _ = load_data(cfg, d)
+    student, teacher = cfg.student.name_or_path, cfg.teacher.name_or_path
+    key = map_cache_key(cfg, train=train, teacher_dir=teacher, student_dir=student,
+                        encode_kwargs=encode_kwargs_for(cfg, student, teacher),
+                        num_blocks=max(cfg.teacher.cache_blocks, cfg.method.id.top_n))
+    assert key == sweep["cache"]["key"]
+    assert (Path(cfg.teacher.cache_dir) / key / "_SUCCESS").exists()
 
 
 def test_asha_stops_a_bad_arm_early(ray_session, guard, tmp_path):
