@@ -139,7 +139,8 @@ class RunConfig:
     max_failures: int = param(0, "Worker-group restarts from the latest checkpoint (-1: unlimited).")
     max_nonfinite_steps: int = param(10, "Skip non-finite steps (counted), abort after this many.")
     log_every: int = param(10, "Report metrics every this many steps.")
-    local: bool = param(False, "Train in this process: one worker, no Ray Train, the stages called in-process "
+    local: bool = param(False, "Train in this process: one worker, no Ray Train, the stages (and the scoring of "
+                               "ensembles and compare) called in-process "
                                "(debugging, tests; `idrm-ray train --local`).")
     methods_at_once: int = param(
         0, "Methods of one run trained side by side, e.g. BT beside ID with method.compare_bt (0: as many as "
