@@ -4,15 +4,19 @@ Shapes use: B pairs, N distilled blocks (k=0 is the top block), n student tokens
 n_t teacher tokens, H query heads, H_kv key/value heads, d head dim, U_w / U_l the
 number of common units in the chosen / rejected half (METHOD.md §6, "Token alignment").
 
-Only torch and numpy are imported here: the containers travel through Ray Data and
-DeepSpeed workers unchanged, but never import either.
+Only numpy is imported here (torch where a batch moves to a device): the containers travel
+through Ray Data and DeepSpeed workers unchanged, but never import either, and reading a
+config or a data file (`PreferenceExample`) loads no torch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class PreferenceBatch:
         return self.input_ids.shape[0] // 2
 
     def to(self, device: torch.device | str) -> "PreferenceBatch":
+        import torch
+
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         return PreferenceBatch(**{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in moved.items()})
 

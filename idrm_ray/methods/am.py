@@ -5,10 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import torch
-
 from idrm_ray.configtree.base import param, require
-from idrm_ray.core.baselines import am_margins
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.methods.base import MethodRun
 from idrm_ray.methods.strength import member_summary, strength, write_strength
@@ -46,10 +43,14 @@ def margined(r: MethodRun) -> tuple[list[PreferenceExample], dict]:
             missing = sum(e.margin is None for e in train)
             raise ValueError(f"method.am.source=rating but {missing} of {len(train)} training pairs have no "
                              "`margin` field: use method.am.source=ensemble (or auto)")
+        import torch
+
         margins = torch.tensor([float(e.margin) for e in train]) * am.scale
         extra = {"margin_source": "rating"}
     else:
         mu, sigma, rows = strength(r)
+        from idrm_ray.core.baselines import am_margins
+
         margins = am_margins(mu, scale=am.scale)
         write_strength(r.run_dir / r.name, train, mu, sigma, flipped=None, margins=margins)
         extra = {"margin_source": "ensemble", **member_summary(rows)}

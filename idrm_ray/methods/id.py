@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from idrm_ray.configtree.base import dump_config, param, require
-from idrm_ray.core.objective import IDSettings
+from idrm_ray.core.settings import IDSettings
 
 
 @dataclass(frozen=True)

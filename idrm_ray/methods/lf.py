@@ -6,7 +6,6 @@ from dataclasses import dataclass, replace
 
 from idrm_ray import console
 from idrm_ray.configtree.base import param, require
-from idrm_ray.core.baselines import flip_mask
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.methods.base import MethodRun
 from idrm_ray.methods.strength import member_summary, strength, write_strength
@@ -39,6 +38,8 @@ def flipped(r: MethodRun) -> tuple[list[PreferenceExample], dict]:
     """The training pairs with the weak ones flipped, and the row's flip fields."""
     lf, train, name = r.cfg.method.lf, r.train, r.name
     mu, sigma, rows = strength(r)
+    from idrm_ray.core.baselines import flip_mask
+
     flips = flip_mask(mu, threshold=lf.threshold, max_fraction=lf.max_flip_fraction)
     write_strength(r.run_dir / name, train, mu, sigma, flipped=flips, margins=None)
     out = [replace(e, chosen=e.rejected, rejected=e.chosen) if f else e for e, f in zip(train, flips.tolist())]

@@ -5,7 +5,7 @@ the `method` config tree's sections, each declared in its family's module
 from __future__ import annotations
 
 from idrm_ray.core.method_kind import method_kind
-from idrm_ray.core.objective import BTSettings
+from idrm_ray.core.settings import BTSettings
 from idrm_ray.methods import am, bt, id as interaction, inform, lf, warm
 from idrm_ray.methods.base import EnsembleConfig
 

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from idrm_ray.core.baselines import preference_strength
 from idrm_ray.methods.base import MethodRun
 
+if TYPE_CHECKING:
+    import torch
 
-def strength(r: MethodRun) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+
+def strength(r: MethodRun) -> tuple["torch.Tensor", "torch.Tensor", list[dict]]:
     """μ̂, σ̂ per training pair from the bt ensemble (trained here unless r.members has one)."""
     rows = r.members.get("bt") or r.tools.train_members(r.cfg, r.plan, kind="bt", folder=f"{r.name}/members",
                                                         train=r.train, diverse_lr=False, **r.common)
+    import torch  # here, not at import: reading a config loads no torch (core/settings.py)
+
+    from idrm_ray.core.baselines import preference_strength
+
     gaps = torch.from_numpy(np.stack(r.tools.score_gaps(r.cfg, [x["checkpoint"] for x in rows], r.train)))  # (M, P)
     mu, sigma = preference_strength(gaps)
     return mu, sigma, rows
