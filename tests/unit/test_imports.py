@@ -330,3 +330,11 @@ def test_the_command_line_and_configs_load_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_optimizer_step_benchmark_quick_smoke(capsys):
+    from idrm_ray.bench import optimizer_step
+
+    res = optimizer_step.main(["--quick"])
+    assert set(res) == {"default", "foreach", "fused"} and all(v > 0 for v in res.values())
+    assert "fused" in capsys.readouterr().out
