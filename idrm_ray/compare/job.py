@@ -28,7 +28,7 @@ from idrm_ray.compare.variants import Variant, needs_members
 from idrm_ray.config import derive
 from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
-from idrm_ray.core.method_kind import method_kind
+from idrm_ray.core.method_kind import am_from_ratings, method_kind
 from idrm_ray.data import bundled_path
 from idrm_ray.run import (
     init_ray,
@@ -76,7 +76,7 @@ def run_compare(cfg: TrainJobConfig, variants: list[Variant], seeds: list[int], 
     teachers = prepare_teachers(cfg, variants, out)
     plan = make_plan(base, len(train))
     limit = cfg.method.ensemble.concurrency or runs_that_fit(cfg)
-    am_rated = all(e.margin is not None for e in train) and cfg.method.am.source != "ensemble"
+    am_rated = am_from_ratings(cfg.method.am.source, train)
     kinds = sorted(needs_members(variants, am_from_ratings=am_rated))
 
     def config(v: Variant | None, seed: int, method: str) -> TrainJobConfig:

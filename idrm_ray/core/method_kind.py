@@ -45,6 +45,12 @@ class MethodKind:
         return self.base in _FROM_MEMBERS or (self.base == "am" and not am_from_ratings)
 
 
+def am_from_ratings(am_source: str, train) -> bool:
+    """Whether AM takes its margins from the data's ratings (`method.am.source` not `ensemble`
+    and every training pair rated), so it needs no ensemble first (`needs_members`)."""
+    return am_source != "ensemble" and all(e.margin is not None for e in train)
+
+
 def method_kind(name: str) -> MethodKind:
     """'id+lf' -> MethodKind('id+lf', distills=True, base='lf'); 'id' -> base 'bt'."""
     if name not in METHODS:

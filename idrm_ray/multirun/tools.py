@@ -168,11 +168,12 @@ def score_gaps(cfg, checkpoints: list[str], examples: list[PreferenceExample]) -
     """Per checkpoint, (P,) r(chosen) - r(rejected) on `examples`: one Ray task each on a
     student-like slot, all submitted at once; in this process for a local run (`run.local`,
     whose runs trained here too: no worker to start and import torch for each checkpoint)."""
+    options = _encode_options(cfg)
     if cfg.run.local:
-        pairs = [score_pairs(c, examples, _encode_options(cfg)) for c in checkpoints]
-        return [r_w - r_l for r_w, r_l in pairs]
-    task, options, ref = _score_task(cfg), _encode_options(cfg), ray.put(examples)
-    pairs = ray.get([task.remote(c, ref, options) for c in checkpoints])
+        pairs = [score_pairs(c, examples, options) for c in checkpoints]
+    else:
+        task, ref = _score_task(cfg), ray.put(examples)
+        pairs = ray.get([task.remote(c, ref, options) for c in checkpoints])
     return [r_w - r_l for r_w, r_l in pairs]
 
 

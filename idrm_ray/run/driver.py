@@ -18,7 +18,7 @@ from idrm_ray import console
 from idrm_ray.config import dump_config
 from idrm_ray.config.plan import make_plan, teacher_dtype
 from idrm_ray.config.train import TrainJobConfig
-from idrm_ray.core.method_kind import method_kind
+from idrm_ray.core.method_kind import am_from_ratings, method_kind
 from idrm_ray.data import bundled_path, load_preferences
 from idrm_ray.methods.registry import worker_asks
 from idrm_ray.multirun import tools as procedures
@@ -276,7 +276,7 @@ def methods_at_once(cfg, methods: list[str], train) -> int:
     an ensemble procedure (its members already fill the cluster)."""
     if cfg.run.local or len(methods) < 2:
         return 1
-    am_rated = all(e.margin is not None for e in train) and cfg.method.am.source != "ensemble"
+    am_rated = am_from_ratings(cfg.method.am.source, train)
     if any(method_kind(m).needs_members(am_from_ratings=am_rated) for m in methods):
         return 1
     return min(len(methods), cfg.run.methods_at_once or cluster.runs_that_fit(cfg))
