@@ -5,6 +5,7 @@ imported lazily, so the torch path works where DeepSpeed is not installed.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any
 
@@ -178,11 +179,25 @@ class DeepSpeedStrategy(Strategy):
         return (client or {}).get(CLIENT_KEY, {})
 
 
+def without_cpu_inference_comm_op() -> None:
+    """On the CPU accelerator, DeepSpeed's comm backend JIT-compiles a shared-memory all-reduce
+    op when it starts (g++, 25-45 s per machine the first time; a failed start where there is no
+    compiler). Only DeepSpeed-Inference's tensor parallelism calls it (`inference_all_reduce`);
+    ZeRO training and evaluation use torch.distributed's collectives, so it is not built here.
+    Call before `deepspeed.init_distributed`; a no-op on GPU accelerators."""
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        # By name: the attribute `deepspeed.comm.torch` is the torch package, not this module.
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
 def _ensure_deepspeed_distributed() -> None:
     """Reuse the existing process group (Ray Train's); only create one when there is none
     (a single process without a launcher gets a 1-rank group on a free local port)."""
     import deepspeed
 
+    without_cpu_inference_comm_op()
     if not dist_ready():
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, value)

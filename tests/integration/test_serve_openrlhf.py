@@ -138,6 +138,8 @@ import torch, transformers.modeling_utils, deepspeed
 {stand_in}
 if importlib.util.find_spec("flash_attn") is None:
     sys.modules.update(_flash_attn_stand_in())
+from idrm_ray.train.strategy_deepspeed import without_cpu_inference_comm_op
+without_cpu_inference_comm_op()  # as our DeepSpeed strategy does: no g++ build of an op ZeRO never calls
 deepspeed.init_distributed(dist_backend="gloo")
 from openrlhf.models import get_llm_for_sequence_regression
 from idrm_ray.serve.scoring import RewardScorer

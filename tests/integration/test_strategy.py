@@ -16,8 +16,9 @@ Tolerance (fp32), measured against the 1-process torch run after 6 optimizer ste
   ZeRO-3 1.3e-5 (single elements of MLP up_proj; at most 2 elements above 1e-6 per run).
 Resuming from save_state is compared exactly (bitwise).
 
-The first run JIT-compiles DeepSpeed's CPU shm comm op (25-45 s on 2 cores); it is cached
-under TORCH_EXTENSIONS_DIR (default <repo>/.cache/torch_extensions) and reused after.
+DeepSpeed's CPU shm comm op, a 25-45 s JIT compile, is not built: our strategy skips it
+(`strategy_deepspeed.without_cpu_inference_comm_op`, only DeepSpeed-Inference calls it), and the
+ranks check that it is absent.
 """
 from __future__ import annotations
 
@@ -135,6 +136,10 @@ def _worker(rank: int, world_size: int, port: int, tok, out_dir: str) -> None:
             result["wall_s"] = time.perf_counter() - start
             if rank == 0:
                 torch.save(result, Path(out_dir) / f"{name}.pt")
+        if rank == 0:
+            import deepspeed.comm.comm as ds_comm
+
+            torch.save({"shm_op_built": getattr(ds_comm.cdb, "shm_comm_op", None) is not None}, Path(out_dir) / "comm.pt")
         dist.barrier()
 
 
@@ -155,7 +160,7 @@ def runs(student_tokenizer, tmp_path_factory) -> dict[str, dict]:
     join(spawn(_worker, 2, (free_port(), student_tokenizer, str(out))), time.monotonic() + SPAWN_TIMEOUT_S,
          SPAWN_TIMEOUT_S)
     spawn_s = time.perf_counter() - start
-    results = {"reference": reference}
+    results = {"reference": reference, "comm": torch.load(out / "comm.pt", weights_only=True)}
     for name, _, _ in SCENARIOS:
         results[name] = torch.load(out / f"{name}.pt", weights_only=True)
     print(f"\nreference {reference['wall_s']:.1f}s, 2-rank spawn {spawn_s:.1f}s, "
@@ -226,6 +231,11 @@ def test_resume_equals_continuing(runs, name):
 def test_all_reduce_mean(runs, name):
     assert runs[name]["mean_of_ranks"] == pytest.approx(0.5)
     torch.testing.assert_close(runs[name]["mean_of_ranks_tensor"], torch.tensor([0.5, 1.0]))
+
+
+def test_deepspeed_started_without_building_the_cpu_shm_op(runs):
+    """DeepSpeed's comm backend ran (the ZeRO scenarios above) with no shm op: nothing compiled."""
+    assert runs["comm"] == {"shm_op_built": False}
 
 
 def test_build_ds_config():
