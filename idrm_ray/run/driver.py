@@ -26,7 +26,7 @@ from idrm_ray.run import outputs, preflight
 from idrm_ray.run.assets import prepare_student
 from idrm_ray.stream import cluster, local_run, map_cache
 from idrm_ray.stream.dataset import encoded_stream, examples_dataset, teacher_stream
-from idrm_ray.stream.stages import EncodeStage
+from idrm_ray.stream.stages import encode_stage
 from idrm_ray.teacher.assets import validate_teacher_data
 from idrm_ray.teacher.job import prepare_teacher
 from idrm_ray.train.checkpointing import model_dir as ckpt_model_dir
@@ -243,7 +243,7 @@ def teacher_maps_stream(cfg, encoded, *, train, teacher_dir, student_dir, encode
 
 def encode_eval(evals, encode_kwargs: dict) -> list[dict]:
     """Eval pairs encoded once on the driver (student inputs only), as stream rows."""
-    stage = EncodeStage(**encode_kwargs)
+    stage = encode_stage(**encode_kwargs)
     rows = []
     for start in range(0, len(evals), 256):
         chunk = evals[start : start + 256]

@@ -16,14 +16,14 @@ import numpy as np
 
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.stream.dataset import StagePlacement
-from idrm_ray.stream.stages import EncodeStage, TeacherStage
+from idrm_ray.stream.stages import TeacherStage, encode_stage
 from idrm_ray.train.session import LocalShard
 
 
 def local_shard(examples: list[PreferenceExample], *, encode_kwargs: dict, teacher_kwargs: dict | None,
                 placement: StagePlacement) -> LocalShard:
     """The train stream of `examples` in this process (stages built once, run per epoch)."""
-    encode = EncodeStage(**encode_kwargs)
+    encode = encode_stage(**encode_kwargs)
     teacher = TeacherStage(**teacher_kwargs) if teacher_kwargs is not None else None
 
     def rows() -> Iterator[dict]:

@@ -5,20 +5,32 @@ Ray-specific placement (CPU fractions, `teacher_gpu`) is decided in `dataset.py`
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
 from idrm_ray import console
 from idrm_ray.core.devices import torch_dtype
+from idrm_ray.core.types import PairEncoding
 from idrm_ray.data.records import batch_examples, encoded_batch
 
 
+MEMO_PAIRS = 65536  # encoded pairs an EncodeStage keeps (about 1-3 KB each at a 512-token window)
+
+
 class EncodeStage:
-    """CPU: tokenize both halves for student and teacher and align units (METHOD.md §6)."""
+    """CPU: tokenize both halves for student and teacher and align units (METHOD.md §6).
+
+    Encodings are kept by pair text (the newest `MEMO_PAIRS`): the runs that share a process and
+    a stage (`encode_stage`: a compare's methods, an ensemble's members, a local run's epochs and
+    its eval set, pooled Ray task workers across runs) tokenize each pair once. Encoding depends
+    only on the text and the stage's settings, and every call returns fresh arrays.
+    """
 
     def __init__(
         self,
@@ -37,20 +49,46 @@ class EncodeStage:
         # BT-only runs need no teacher; the student tokenizer then stands in (identity units).
         self.teacher_tok = AutoTokenizer.from_pretrained(teacher_tokenizer_dir or student_tokenizer_dir)
         self.kwargs = dict(student_max_len=student_max_len, teacher_max_len=teacher_max_len, template=template)
+        self.memo: OrderedDict[tuple[str, str, str], PairEncoding] = OrderedDict()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        examples = batch_examples(batch)
+        return encoded_batch(self.encode(examples), examples, batch["pair_id"])
+
+    def encode(self, examples: list) -> list[PairEncoding]:
+        """`units.encode_pairs` of the pairs not in the memo; copies of the memo's for the rest."""
         from idrm_ray.core.units import encode_pairs
 
-        examples = batch_examples(batch)
-        encodings = encode_pairs(examples, self.student_tok, self.teacher_tok, **self.kwargs)
-        return encoded_batch(encodings, examples, batch["pair_id"])
+        keys = [(e.prompt, e.chosen, e.rejected) for e in examples]
+        missing = [i for i, key in enumerate(keys) if key not in self.memo]
+        fresh = encode_pairs([examples[i] for i in missing], self.student_tok, self.teacher_tok, **self.kwargs)
+        out = dict(zip(missing, fresh))
+        for i, key in enumerate(keys):
+            if i not in out:
+                self.memo.move_to_end(key)
+                out[i] = _copied(self.memo[key])
+        for i, enc in zip(missing, fresh):
+            self.memo[keys[i]] = _copied(enc)
+        while len(self.memo) > MEMO_PAIRS:
+            self.memo.popitem(last=False)
+        return [out[i] for i in range(len(keys))]
+
+
+def _copied(enc: PairEncoding) -> PairEncoding:
+    return dataclasses.replace(enc, **{f.name: getattr(enc, f.name).copy() for f in dataclasses.fields(enc)
+                                       if isinstance(getattr(enc, f.name), np.ndarray)})
+
+
+def encode_stage(**encode_kwargs) -> EncodeStage:
+    """This process's `EncodeStage` for these settings (and tokenizer folders as they are now)."""
+    return _cached_encode_stage(_stage_key(encode_kwargs))
 
 
 def encode_batch(batch: dict[str, np.ndarray], **encode_kwargs) -> dict[str, Any]:
     """The encode stage as a Ray Data task. Task workers are pooled and reused across batches
     and runs (a compare, a sweep, a run's BT then ID), so the tokenizers load once per worker
     process instead of once per run in an actor of its own (~5 s of CPU per run on 2 cores)."""
-    return _cached_encode_stage(_stage_key(encode_kwargs))(batch)
+    return encode_stage(**encode_kwargs)(batch)
 
 
 def _stage_key(encode_kwargs: dict) -> tuple:

@@ -60,3 +60,33 @@ def test_cache_block_columns_read_back_to_the_teacher_stage_columns():
     assert sorted(back) == sorted(batch)
     for got, want in zip(teacher_rows(back), maps):
         np.testing.assert_array_equal(got, want)
+
+
+def test_encode_stage_tokenizes_a_pair_once_and_hands_out_fresh_arrays(tmp_path, student_tokenizer,
+                                                                        teacher_tokenizer, monkeypatch):
+    """The memo by pair text (a compare's runs share the stage): a pair seen before is not
+    tokenized again, its columns are equal, and changing a returned array changes nothing later."""
+    from idrm_ray.core import units
+    from idrm_ray.stream import stages
+
+    student_tokenizer.save_pretrained(tmp_path / "s")
+    teacher_tokenizer.save_pretrained(tmp_path / "t")
+    kwargs = dict(student_tokenizer_dir=str(tmp_path / "s"), teacher_tokenizer_dir=str(tmp_path / "t"),
+                  student_max_len=64, teacher_max_len=64)
+    stage = stages.encode_stage(**kwargs)
+    assert stages.encode_stage(**kwargs) is stage  # one per process and settings
+    first = stage.encode(EXAMPLES[:2])
+    encoded: list[int] = []
+    real = units.encode_pairs
+    monkeypatch.setattr(units, "encode_pairs", lambda ex, *a, **k: encoded.append(len(ex)) or real(ex, *a, **k))
+    first[0].student_ids_w[:] = -7  # a consumer writing into its arrays
+    again = stage.encode([EXAMPLES[2], EXAMPLES[0], EXAMPLES[1]])
+    assert encoded == [1]  # only the new pair
+    want = real(EXAMPLES, stage.student_tok, stage.teacher_tok, student_max_len=64, teacher_max_len=64)
+    for got, enc in zip(again, [want[2], want[0], want[1]]):
+        for name in ENCODING_COLUMNS:
+            np.testing.assert_array_equal(getattr(got, name), getattr(enc, name))
+        assert got.stats == enc.stats
+    monkeypatch.setattr(stages, "MEMO_PAIRS", 2)
+    stage.encode(EXAMPLES)
+    assert len(stage.memo) == 2 and list(stage.memo) == [(e.prompt, e.chosen, e.rejected) for e in EXAMPLES[1:]]
