@@ -155,13 +155,19 @@ def _run(command: str, cfg: TrainJobConfig, args: argparse.Namespace | None = No
                     eval_sources=args.eval)
         return 0
     if command == "teacher":
+        from idrm_ray.teacher.assets import validate_teacher_data
+
+        validate_teacher_data(cfg, needed=True)  # before the driver's imports, as for train
         from idrm_ray.run.driver import run_teacher
 
         run_teacher(cfg)
         return 0
+    from idrm_ray.run.inputs import prepare_inputs
+
+    inputs = prepare_inputs(cfg)  # bad data ends here, before the driver's imports (torch, Ray)
     from idrm_ray.run.driver import run_train
 
-    run_train(cfg)
+    run_train(cfg, inputs)
     return 0
 
 

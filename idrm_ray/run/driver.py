@@ -15,15 +15,14 @@ import numpy as np
 import ray
 
 from idrm_ray import console
-from idrm_ray.config import dump_config
 from idrm_ray.config.plan import make_plan, teacher_dtype
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.core.method_kind import am_from_ratings, method_kind
-from idrm_ray.data import bundled_path, load_preferences
 from idrm_ray.methods.registry import worker_asks
 from idrm_ray.multirun import tools as procedures
 from idrm_ray.run import outputs, preflight
 from idrm_ray.run.assets import prepare_student
+from idrm_ray.run.inputs import RunInputs, load_data, prepare_inputs, run_dir_for  # noqa: F401 - load_data: public
 from idrm_ray.stream import cluster, local_run, map_cache
 from idrm_ray.stream.dataset import encoded_stream, examples_dataset, teacher_stream
 from idrm_ray.stream.stages import encode_stage
@@ -32,37 +31,6 @@ from idrm_ray.teacher.job import prepare_teacher
 from idrm_ray.train.checkpointing import model_dir as ckpt_model_dir
 from idrm_ray.train.session import fit_local
 from idrm_ray.train.spec import WorkerSpec, peft_settings
-
-
-def run_dir_for(cfg: TrainJobConfig) -> Path:
-    name = cfg.run.name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path = Path(cfg.run.output_dir) / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path.resolve()
-
-
-def load_data(cfg: TrainJobConfig, run_dir: Path):
-    """Validated train/eval pairs; counts of anything skipped go to the run folder."""
-    d = cfg.data
-    train_src = bundled_path("pref_train") if d.train == "bundled" else d.train
-    train, report = load_preferences(
-        train_src, format=d.format, split=d.train_split, skip_bad_rows=d.skip_bad_rows, max_rows=d.max_pairs
-    )
-    if d.eval:
-        eval_src = bundled_path("pref_eval") if d.eval == "bundled" else d.eval
-        evals, eval_report = load_preferences(eval_src, format=d.format, split=d.eval_split,
-                                              skip_bad_rows=d.skip_bad_rows, max_rows=d.max_eval_pairs)
-    elif d.train == "bundled":
-        evals, eval_report = load_preferences(bundled_path("pref_eval"), max_rows=d.max_eval_pairs)
-    else:
-        n_eval = int(len(train) * d.eval_fraction)
-        train, evals, eval_report = train[n_eval:], train[:n_eval][: d.max_eval_pairs], None
-    if d.skip_bad_rows:
-        report.write_skipped(run_dir)
-        if eval_report is not None:
-            eval_report.write_skipped(run_dir, "skipped_eval_rows.jsonl")
-    counts = {"train": report.metrics(), "eval": eval_report.metrics() if eval_report else {}}
-    return train, evals, counts
 
 
 def worker_spec(cfg: TrainJobConfig, plan, *, method: str, student_dir: str, pad_id: int, run_dir: Path,
@@ -113,14 +81,12 @@ def methods_to_run(cfg: TrainJobConfig) -> list[str]:
     return [cfg.method.name]
 
 
-def run_train(cfg: TrainJobConfig) -> dict:
-    t_start = time.perf_counter()
-    run_dir = run_dir_for(cfg)
-    (run_dir / "config.yaml").write_text(json.dumps(dump_config(cfg), indent=2))
-    train, evals, counts = load_data(cfg, run_dir)
+def run_train(cfg: TrainJobConfig, inputs: RunInputs | None = None) -> dict:
+    """`inputs`: what `prepare_inputs(cfg)` read already (the command line reads it first)."""
+    inputs = inputs or prepare_inputs(cfg)
+    run_dir, train, evals, counts = inputs.run_dir, inputs.train, inputs.evals, inputs.counts
     plan = make_plan(cfg, len(train))
     methods = methods_to_run(cfg)
-    validate_teacher_data(cfg, needed=cfg.method.distills)  # NLI data too, before Ray starts
     console.run_folder(run_dir, f"[idrm] run folder {run_dir}: {len(train)} train / {len(evals)} eval pairs, "
                                 f"methods {methods}")
     _start(cfg)
@@ -130,7 +96,7 @@ def run_train(cfg: TrainJobConfig) -> dict:
                        evals=evals, run_dir=run_dir)
     summary = {
         "run_dir": str(run_dir),
-        "wall_time_s": time.perf_counter() - t_start,
+        "wall_time_s": time.perf_counter() - inputs.started,
         "data": counts,
         "plan": plan.as_dict(),
         "teacher": {"path": teacher_dir, **teacher_metrics},

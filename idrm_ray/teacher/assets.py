@@ -10,7 +10,6 @@ import functools
 from pathlib import Path
 
 from idrm_ray.config.train import TrainJobConfig
-from idrm_ray.core import tiny
 from idrm_ray.data import load_nli, tokenizer_corpus
 
 
@@ -18,6 +17,8 @@ def tiny_teacher_dir(cfg: TrainJobConfig, run_dir: Path, name: str) -> str:
     """A random tiny encoder with a 3-way head, saved as an HF directory."""
     out = run_dir / "assets" / name
     if not (out / "config.json").exists():
+        from idrm_ray.core import tiny  # torch: only where a tiny teacher is built
+
         t = cfg.teacher.tiny
         kind = "unigram" if t.family == "deberta-v2" else "wordpiece"
         tokenizer = tiny.train_teacher_tokenizer(tokenizer_corpus(), kind=kind)

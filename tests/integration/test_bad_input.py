@@ -1,9 +1,9 @@
 """Bad input through the real command line (DESIGN.md §5, issue 9 item 4): exit status 2, the
 last stderr line "idrm-ray: data error: <file>, line N: <problem>", no traceback, and nothing
 trained. The full corpus is checked in-process (tests/unit/test_bad_input_corpus.py); these
-few subprocesses prove the terminal behaviour, two at a time (each is ~5 s of imports). They
-fail in data validation, before Ray starts, so stderr is exactly one line and the run-folder
-line never appears. NLI data is validated before Ray starts too (`validate_teacher_data`), so
+few subprocesses prove the terminal behaviour, two at a time. They fail in data validation
+(`run.inputs.prepare_inputs`), before the driver's imports and Ray (each takes about 0.3 s), so
+stderr is exactly one line and the run-folder line never appears. NLI data is validated before Ray starts too (`validate_teacher_data`), so
 `idrm-ray teacher` with a bad NLI file is one of the subprocess cases.
 """
 from __future__ import annotations

@@ -320,13 +320,14 @@ def test_compare_and_tune_import_the_run_through_its_package_alone():
 
 
 def test_the_command_line_and_configs_load_no_torch():
-    """`idrm-ray --help` and reading a config stay light (0.3 s instead of 5.5 s here): the
-    objective's knobs live in `core/settings.py`, and torch is imported where it is used."""
+    """`idrm-ray --help`, reading a config and a run's data stay light (0.3 s instead of 5.5 s
+    here; a bad data file's error took 8 s): the objective's knobs live in `core/settings.py`,
+    torch is imported where it is used, and `idrm_ray.run` loads its public names on first use."""
     import subprocess
     import sys
 
     code = ("import sys, idrm_ray.cli, idrm_ray.config, idrm_ray.config.train, idrm_ray.methods.registry, "
-            "idrm_ray.data; print(sorted(m for m in ('torch', 'transformers', 'ray', 'deepspeed') if m in sys.modules))")
+            "idrm_ray.data, idrm_ray.run.inputs; print(sorted(m for m in ('torch', 'transformers', 'ray', 'deepspeed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
