@@ -43,7 +43,7 @@ def _write_data(root: Path) -> tuple[Path, Path]:
     eval_lines = bundled_path("pref_eval").read_text(encoding="utf-8").splitlines()
     train, evals = root / "train.jsonl", root / "eval.jsonl"
     train.write_text("\n".join(train_lines[:PAIRS]) + "\n", encoding="utf-8")
-    evals.write_text("\n".join(eval_lines[:16]) + "\n", encoding="utf-8")
+    evals.write_text("\n".join(eval_lines[:8]) + "\n", encoding="utf-8")
     return train, evals
 
 
@@ -59,7 +59,7 @@ def real_run(guard, tmp_path_factory):
         f"run.output_dir={root}", "run.name=real", f"data.train={train}", f"data.eval={evals}",
         f"optim.max_steps={STEPS}", f"optim.global_batch_size={BATCH}", f"optim.micro_batch_size={MICRO}",
         "optim.lr=5e-5", "optim.warmup_ratio=0.1", "run.log_every=1", "logging.wandb_mode=disabled",
-        "teacher.finetune.max_examples=160", "teacher.finetune.eval_fraction=0.1", "run.local=true",
+        "teacher.finetune.max_examples=96", "teacher.finetune.eval_fraction=0.1", "run.local=true",
     ]
     cfg = load_config(TrainJobConfig, None, overrides, preset="small_real")
     assert cfg.student.chat_template and cfg.student.max_len == 512 and cfg.teacher.max_len == 256
