@@ -26,8 +26,8 @@ pipeline (`driver.run_train` -> `train_one` -> `dataset.teacher_stream` -> `clus
 
 The node goes once the controller has registered the checkpoint (its
 `checkpoint_manager_snapshot.json` names that step): Train V2 takes a worker's report from the
-worker's result queue only when it polls (every `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`, 2 s), so a
-node lost within that window after a report also loses that checkpoint; measured here: removed
+worker's result queue only when it polls (every `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`: 2 s by default, 0.5 s in the tests), so a
+node lost within that window after a report also loses that checkpoint; measured at 2 s: removed
 1 s after the step-8 report, the run resumed from step 4 (6 steps lost with checkpoints every 4).
 
 "Close to an uninterrupted run": a second, fault-free fit would double the cost; the redone steps
