@@ -5,7 +5,7 @@ no dependence on conftest's `shared_run`, so `pytest -n 2` can run this module b
 
 One compare run serves every test: its 11 training runs are in-process runs of the worker
 loop (`run.local=true`, issue 15 §5: what is checked here is the methods, not Ray Train, whose
-start-up was most of a tiny run; test_local_run.py checks that the loop gives the same numbers
+start-up was most of a tiny run; test_zero_under_ray.py checks that the loop gives the same numbers
 under Ray Train), one after another, and so is their scoring; WARM's averaging task still runs on Ray. Each trained run must
 show learning (training loss fell, eval accuracy above chance); the procedures must have done
 what they claim (LF flipped pairs, AM used the ratings, WARM is the parameter average of its

@@ -20,8 +20,10 @@ the case that deadlocked before step_metrics kept every rank's metric keys alike
 Ray Train fits only where Ray is what is checked (issue 15 §5): the two-worker ZeRO-3 run (ID
 with gradient checkpointing) streams through Ray Data's split into two Ray Train workers.
 InfoRM under ZeRO-3 is a one-rank DeepSpeed run of the local loop (`idrm-ray train --local` in a
-subprocess): its IB head is partitioned and gathered with one rank as with two. The one-worker references are in-process runs of the same loop (`run.local`;
-test_local_run.py checks a local run against a one-worker Ray Train run at rel 1e-5). Left out
+subprocess): its IB head is partitioned and gathered with one rank as with two. The one-worker
+references are in-process runs of the same loop (`run.local`), so id_zero3 against id_one_worker is
+also the suite's check that the loop gives the same numbers in this process and under Ray Train
+(issue 15 §3), with the two run folders' layouts (test_local_run_folder_has_the_ray_run_layout). Left out
 as not distinct: ZeRO-2 and plain-BT ZeRO-3 under Ray. ID's L_BT under ZeRO-3 is BT's loss
 under ZeRO-3 plus the capture; ZeRO-2 against one process is test_strategy.py's (no Ray), and
 ZeRO-2 under Ray Train, with per-rank optimizer shards saved and restored, is test_cluster.py's (across simulated nodes).
@@ -54,6 +56,7 @@ FIT_TIMEOUT_S = 300  # ~15-30 s each on 2 cores; a hang fails, not waits
 COMMON = (
     "method.name=bt", f"optim.max_steps={STEPS}", "optim.global_batch_size=8", "optim.micro_batch_size=4",
     "optim.lr=1e-3", "optim.warmup_ratio=0.03", "optim.schedule=cosine", "run.log_every=1", "run.eval_every=0",
+    "run.checkpoint_every=4",
 )
 ONE = ("resources.num_workers=1", "deepspeed.enabled=false", "run.local=true")  # in-process reference
 ZERO3 = ("resources.num_workers=2", "deepspeed.enabled=true", "deepspeed.zero_stage=3")
@@ -102,7 +105,7 @@ def runs(ray_session, guard, make_config, tmp_path_factory):
         out[name] = {
             "run": summary["runs"][0], "lam": cfg.method.id.lam,
             "history": [json.loads(line) for line in (run_dir / method / "metrics.jsonl").read_text().splitlines()],
-            "init": load_file(run_dir / "assets" / "student" / "model.safetensors"),
+            "run_dir": run_dir, "init": load_file(run_dir / "assets" / "student" / "model.safetensors"),
             "final": load_file(run_dir / method / "checkpoint" / "model.safetensors"),
         }
     return out
@@ -152,13 +155,15 @@ def test_two_workers_match_one_worker(runs, name, ref_name):
     for key in ref["init"]:  # same seeded init, so differences below come from training
         assert torch.equal(run["init"][key], ref["init"][key]), key
 
-    for key in ("l_bt", "l_id") if name.startswith("id") else ("l_bt",):
+    for key in ("loss", "l_bt", "l_id") if name.startswith("id") else ("loss", "l_bt"):
         ref_losses, losses = _train_losses(ref["history"], key), _train_losses(run["history"], key)
         assert sorted(losses) == sorted(ref_losses)
         for step, value in ref_losses.items():
             assert losses[step] == pytest.approx(value, rel=RTOL_LOSS), f"{key} step {step}"
     assert run["run"]["eval_loss"] == pytest.approx(ref["run"]["eval_loss"], rel=RTOL_LOSS)
     assert run["run"]["eval_accuracy"] == ref["run"]["eval_accuracy"]
+    for key in ("steps", "nonfinite_skipped"):  # pairs_seen differs: the ragged end's fillers count no pairs
+        assert run["run"][key] == ref["run"][key], key
 
     # The checkpoint holds the consolidated weights (ZeRO-3: gathered from both ranks' shards).
     assert set(run["final"]) == set(ref["final"])
@@ -201,3 +206,22 @@ def test_inform_trains_under_zero3(runs):
     assert score.shape == run["init"]["score.weight"].shape and float(score.abs().sum()) > 0
     assert not torch.equal(score, run["init"]["score.weight"]), "the folded IB head did not reach the checkpoint"
     assert not any(k.startswith("head.") for k in run["final"])
+
+
+def test_local_run_folder_has_the_ray_run_layout(runs):
+    """eval, serve and compare read a local run (`run.local`, the in-process loop) as they read
+    a Ray Train run: the same files, checkpoints where Ray Train keeps them
+    (<storage>/<name>/checkpoint_*, the latest `keep_checkpoints`) with the same contents."""
+    from idrm_ray.core.reward_model import load_reward_model
+
+    local_dir, ray_dir = runs["id_one_worker"]["run_dir"], runs["id_zero3"]["run_dir"]
+    for rel in ("summary.json", "config.yaml", "id/metrics.jsonl", "id/metrics.csv", "id/curve.png"):
+        assert (local_dir / rel).is_file() and (ray_dir / rel).is_file(), rel
+    assert {p.name for p in (local_dir / "id" / "checkpoint").iterdir()} == {
+        p.name for p in (ray_dir / "id" / "checkpoint").iterdir()}
+    for run_dir, name in ((local_dir, "id_one_worker"), (ray_dir, "id_zero3")):
+        kept = sorted(p for p in (run_dir / "ray_storage" / f"{name}-id").glob("checkpoint_*") if p.is_dir())
+        assert [json.loads((c / "progress.json").read_text())["step"] for c in kept] == [4, STEPS], name
+        assert {p.name for p in kept[-1].iterdir()} == {"model", "train_state", "progress.json", "metrics.jsonl"}
+    model = load_reward_model(str(local_dir / "id" / "checkpoint"), dtype=torch.float32)
+    assert model.config.num_labels == 1

@@ -2,7 +2,7 @@
 real pipeline's stages and worker loop (encode stage, teacher stage, the train loop, its
 checkpoint), with real pretrained models as a user has them. The runs are in-process
 (`run.local`, issue 15 §5): what is checked here is the real models' path, not Ray Train, and
-test_local_run.py checks that the same loop gives the same losses under Ray Train.
+test_zero_under_ray.py checks that the same loop gives the same losses under Ray Train.
 
 - student SmolLM2-135M-Instruct converted from its package as it comes: no pad token (pads
   with EOS, written into the saved checkpoint), byte-level BPE, its own chat template
