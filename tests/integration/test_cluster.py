@@ -13,7 +13,12 @@ pipeline (`driver.run_train` -> `train_one` -> `dataset.teacher_stream` -> `clus
   nothing of either on the head;
 - epoch 0: the teacher actor is SIGKILLed mid-stream (on its 3rd batch, as an OOM kill would):
   Ray Data restarts it and retries the lost batch; every pair reaches the students exactly once
-  in that epoch (the approach of test_exactly_once.py, here across nodes);
+  in that epoch;
+- delivery (this run replaced test_exactly_once.py's two-epoch fit, which checked the same on
+  one node): 131 pairs cannot split evenly, so the shorter shard steps on zero-weight fillers
+  in lock-step with the longer one (`ingest.synced_batches`); and every delivered pair carries
+  its own tokens and maps (a CRC of its student tokens and its maps' shape, recomputed in this
+  process with the plain stage classes over the run's files);
 - epoch 1: rank 1's student node is removed (`cluster.remove_node`) two steps after a checkpoint
   and an empty student node added to restore capacity: Ray Train restarts the group from the
   latest checkpoint (`run.max_failures=1`), the step count continues, at most
@@ -51,8 +56,10 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ray import cloudpickle
 
@@ -60,7 +67,9 @@ from idrm_ray.data import bundled_path
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-NUM_PAIRS, NUM_EVAL, GLOBAL_BATCH, MICRO, EPOCHS = 128, 64, 8, 4, 2  # 2 workers x 4 pairs: ~16 steps per epoch
+# 131 pairs: the encode stage's blocks (64, 64, 3) cannot split evenly over 2 workers (67 and 64
+# pairs), so every epoch ends on the shorter shard stepping on a zero-weight filler (17 steps).
+NUM_PAIRS, NUM_EVAL, GLOBAL_BATCH, MICRO, EPOCHS = 131, 64, 8, 4, 2
 CHECKPOINT_EVERY = 4
 HOLD_AFTER = 6  # rank 1's node goes at the first step >= 6 steps into epoch 1 with step % 4 == 2
 FIT_TIMEOUT_S = 600  # ~155 s at load ~20 on 2 cores, 343 s at load ~70 (Ray process start-up); deadlocks hang forever
@@ -113,6 +122,13 @@ def sim_cluster():
             local_ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
 
 
+def _fingerprint(student_ids_w, student_ids_l, maps) -> list:
+    """CRC of the pair's student tokens (exact) and the shape of its teacher maps, which
+    follows the pair's unit counts: a row carrying another row's tokens or maps shows."""
+    ids = np.concatenate([np.asarray(student_ids_w, dtype=np.int64), [-1], np.asarray(student_ids_l, dtype=np.int64)])
+    return [zlib.crc32(ids.tobytes()), list(np.asarray(maps).shape)]
+
+
 def _instrumented_loop(*, log_dir: str, hold_marker: str):
     """The production worker loop, recording node, pairs and steps (with their logged loss and
     learning rate); rank 1 holds once in epoch 1, two steps after a checkpoint, until the test
@@ -142,9 +158,14 @@ def _instrumented_loop(*, log_dir: str, hold_marker: str):
         micro_step, after_step = worker._WorkerRun.micro_step, worker._WorkerRun._after_step
 
         def recording_micro_step(self, micro, item):
+            b = item.batch
             if item.real:
                 write({"event": "pairs", "epoch": self.progress.epoch, "micro": micro,
-                       "ids": [int(i) for i in item.batch["pair_id"]]})
+                       "ids": [int(i) for i in b["pair_id"]],
+                       "fingerprints": [_fingerprint(w, l, m) for w, l, m in
+                                        zip(b["student_ids_w"], b["student_ids_l"], b["teacher_maps"])]})
+            else:
+                write({"event": "filler", "epoch": self.progress.epoch, "micro": micro})
             return micro_step(self, micro, item)
 
         def holding_after_step(self) -> None:
@@ -282,7 +303,7 @@ def faulty_run(sim_cluster, make_config, tmp_path_factory):
             ds, teacher_kwargs={**teacher_kwargs, "log_dir": str(log_dir)}, placement=placement))
         summary = _fit_while_watching(lambda: driver.run_train(cfg), watchers, timeout_s=FIT_TIMEOUT_S,
                                       what="run_train on the simulated cluster with faults")
-    return {"summary": summary, "run": summary["runs"][0], "rows": _read_jsonl(sorted(log_dir.glob("worker-*.jsonl"))),
+    return {"cfg": cfg, "summary": summary, "run": summary["runs"][0], "rows": _read_jsonl(sorted(log_dir.glob("worker-*.jsonl"))),
             "teachers": _read_jsonl([log_dir / "teachers.jsonl"]), "events": events,
             "history": _read_jsonl([Path(summary["run_dir"]) / "id" / "metrics.jsonl"]),
             "wall_s": time.perf_counter() - t0}
@@ -371,7 +392,7 @@ def test_student_node_removed_run_resumes(faulty_run):
     assert r["steps"][1] == list(range(r["resumed_from"] + 1, total + 1)), r["steps"]
     history_steps = [row["step"] for row in faulty_run["history"] if row.get("pairs")]
     assert history_steps == list(range(1, total + 1)), history_steps
-    assert faulty_run["run"]["pairs_seen"] == total * GLOBAL_BATCH  # the lost attempt's steps not counted twice
+    assert faulty_run["run"]["pairs_seen"] == EPOCHS * NUM_PAIRS  # the lost attempt's steps not counted twice
     assert faulty_run["history"][-1]["step"] == total and "eval_accuracy" in faulty_run["history"][-1]
     assert r["lost"] == 0 and r["duplicated"] == 0, f"resumed epoch: {r['lost']} pairs lost, {r['duplicated']} twice"
 
@@ -391,3 +412,50 @@ def test_redone_steps_match_the_interrupted_attempt(faulty_run):
     print(f"[cluster] redone steps {[a['step'] for a, _ in redone]}: loss {[round(a['loss'], 5) for a, _ in redone]} "
           f"then {[round(b['loss'], 5) for _, b in redone]}; final eval loss {final['eval_loss']:.4f}, "
           f"accuracy {final['eval_accuracy']:.3f} after {final['steps']} steps")
+
+
+@pytest.fixture(scope="module")
+def reference_fingerprints(faulty_run):
+    """`_fingerprint` per pair id, computed in this process with the plain stage classes over the
+    run's own student and teacher files."""
+    from idrm_ray.data import load_preferences
+    from idrm_ray.run.driver import encode_kwargs_for, teacher_kwargs_for
+    from idrm_ray.stream.stages import EncodeStage, TeacherStage
+
+    cfg, summary = faulty_run["cfg"], faulty_run["summary"]
+    student_dir, teacher_dir = str(Path(summary["run_dir"]) / "assets" / "student"), summary["teacher"]["path"]
+    examples, _ = load_preferences(bundled_path("pref_train"), max_rows=NUM_PAIRS)
+    encode = EncodeStage(**encode_kwargs_for(cfg, student_dir, teacher_dir))
+    teacher = TeacherStage(**teacher_kwargs_for(cfg, teacher_dir, top_n=cfg.method.id.top_n))
+    out = teacher(encode({
+        "prompt": np.array([e.prompt for e in examples], dtype=object),
+        "chosen": np.array([e.chosen for e in examples], dtype=object),
+        "rejected": np.array([e.rejected for e in examples], dtype=object),
+        "pair_id": np.arange(len(examples)), "margin": np.full(len(examples), np.nan),
+    }))
+    cols = zip(out["pair_id"], out["student_ids_w"], out["student_ids_l"], out["teacher_maps"])
+    return {int(pid): _fingerprint(w, l, m) for pid, w, l, m in cols}
+
+
+def test_every_pair_reaches_the_students_with_its_own_tokens_and_maps(faulty_run, reference_fingerprints):
+    """Through the stream, the teacher actor's restart and the worker group's: each pair id arrives
+    with its own student tokens and teacher maps (exactly-once by id alone would not see a row
+    carrying another row's data)."""
+    rows = [r for r in faulty_run["rows"] if r["event"] == "pairs"]
+    assert sum(len(r["ids"]) for r in rows) >= EPOCHS * NUM_PAIRS
+    for r in rows:
+        for pid, fingerprint in zip(r["ids"], r["fingerprints"]):
+            assert fingerprint == reference_fingerprints[pid], f"pair {pid}: carries another row's tokens or maps"
+
+
+def test_uneven_shards_end_on_fillers_in_lock_step(faulty_run):
+    """Epoch 0 (first attempt): the shards differ, the shorter one steps on zero-weight fillers
+    until the longer one is done, and both ranks run the same number of micro-batches."""
+    first = _pids(_worker_attempts(faulty_run["rows"])[0])
+    count = {(rank, kind): 0 for rank in (0, 1) for kind in ("pairs", "filler")}
+    for r in faulty_run["rows"]:
+        if r["event"] in ("pairs", "filler") and r["epoch"] == 0 and r["pid"] in first:
+            count[(r["rank"], r["event"])] += 1
+    real, fillers = [count[(k, "pairs")] for k in (0, 1)], [count[(k, "filler")] for k in (0, 1)]
+    assert real[0] != real[1] and min(fillers) == 0 < max(fillers), (real, fillers)
+    assert real[0] + fillers[0] == real[1] + fillers[1], (real, fillers)
