@@ -22,7 +22,7 @@ from idrm_ray.methods.registry import worker_asks
 from idrm_ray.multirun import tools as procedures
 from idrm_ray.run import outputs, preflight
 from idrm_ray.run.assets import prepare_student
-from idrm_ray.run.inputs import RunInputs, load_data, prepare_inputs, run_dir_for  # noqa: F401 - load_data: public
+from idrm_ray.run.inputs import RunInputs, prepare_inputs, run_dir_for
 from idrm_ray.stream import cluster, local_run, map_cache
 from idrm_ray.stream.dataset import encoded_stream, examples_dataset, teacher_stream
 from idrm_ray.stream.stages import encode_stage

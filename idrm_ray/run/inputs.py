@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from idrm_ray.config import dump_config
@@ -24,7 +24,7 @@ class RunInputs:
     train: list
     evals: list
     counts: dict
-    started: float = field(default_factory=time.perf_counter)  # the run's wall time counts from here
+    started: float  # perf_counter when the run began: its wall time counts from here
 
 
 def prepare_inputs(cfg: TrainJobConfig) -> RunInputs:

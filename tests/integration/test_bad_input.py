@@ -112,7 +112,7 @@ def test_teacher_nli_data_errors_through_the_teacher_loader(tmp_path):
 
 
 def test_skip_bad_rows_lists_train_and_eval_skips_in_the_run_folder(tmp_path):
-    from idrm_ray.run.driver import load_data
+    from idrm_ray.run.inputs import load_data
 
     train = tmp_path / "train.jsonl"
     train.write_text((GOOD + "\n") * 5 + (CORPUS / "missing_field.jsonl").read_text()

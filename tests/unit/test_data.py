@@ -354,7 +354,7 @@ def test_max_eval_pairs_caps_every_eval_source(tmp_path):
     from idrm_ray.config import load_config
     from idrm_ray.config.train import TrainJobConfig
     from idrm_ray.data import bundled_path
-    from idrm_ray.run.driver import load_data
+    from idrm_ray.run.inputs import load_data
 
     lines = bundled_path("pref_train").read_text(encoding="utf-8").splitlines()[:40]
     pairs = tmp_path / "pairs.jsonl"
