@@ -195,8 +195,11 @@ def rss_child(path: Path, name: str) -> dict[int, dict[str, float]]:
     for length, batch, teacher in works:
         opt.zero_grad(set_to_none=True)
         gc.collect()
-        base = _status_kib("VmRSS")
         reset = _reset_hwm()
+        # After a reset the mark is the RSS at that instant: the baseline. Read as VmRSS instead, a
+        # page freed by another thread (Ray's, the allocator's) between the two reads left the
+        # mark below the baseline and the growth negative (seen in a pytest process).
+        base = _status_kib("VmHWM") if reset else _status_kib("VmRSS")
         mark_before = _status_kib("VmHWM")
         train_step(model, opt, batch, teacher, name)
         peak = _status_kib("VmHWM")
