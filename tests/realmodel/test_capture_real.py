@@ -158,3 +158,24 @@ def test_capture_sees_lora_adapted_projections(model, batch):
         eager = attentions[29 - k].float()
         torch.testing.assert_close(ours.transpose(1, 2)[real], eager.transpose(1, 2)[real], atol=2e-5, rtol=1e-4)
         assert (qk.q[k] - base_qk.q[k]).abs().max() > 1e-2
+
+
+def test_one_full_fine_tuning_step_moves_every_tensor(smollm2_dir, batch, two_threads):
+    """Full fine-tuning of the real model (test_train_real.py's runs train its top blocks): one
+    Bradley-Terry step through the training strategy, fp32 AdamW, moves every tensor, the
+    embedding (tied to the LM head in the causal-LM checkpoint) and the value head included."""
+    from idrm_ray.train.strategy import make_strategy
+
+    torch.manual_seed(0)
+    model = load_reward_model(smollm2_dir, dtype=torch.float32).train()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    strategy = make_strategy("torch", micro_batch_size=1, grad_accum_steps=1, max_grad_norm=1.0)
+    engine = strategy.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-5), None)
+    r_w, r_l = compute_rewards(engine, batch.input_ids, batch.attention_mask).split(batch.num_pairs)
+    loss = -torch.nn.functional.logsigmoid(r_w - r_l).mean()
+    strategy.backward(loss)
+    assert torch.isfinite(loss) and strategy.step() is True and strategy.grad_norm() > 0
+    after = model.state_dict()
+    assert len(after) > 270 and set(after) == set(before)
+    still = [k for k in after if torch.equal(before[k], after[k])]
+    assert not still, still[:5]
