@@ -34,7 +34,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # and these modules.
 SLOW_FIXTURES = {"ray_session", "shared_run", "guard"}
 SLOW_MODULES = {"test_auth.py", "test_bad_input.py", "test_cluster.py", "test_eval.py", "test_local_run.py",
-                "test_pipeline.py", "test_console_cli.py", "test_serve_ray.py", "test_strategy.py", "test_strategy_peft.py"}
+                "test_pipeline.py", "test_serve_ray.py", "test_strategy.py", "test_strategy_peft.py",
+                "test_zero_under_ray.py"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,7 +20,10 @@ the case that deadlocked before step_metrics kept every rank's metric keys alike
 Ray Train fits only where Ray is what is checked (issue 15 §5): the two-worker ZeRO-3 run (ID
 with gradient checkpointing) streams through Ray Data's split into two Ray Train workers.
 InfoRM under ZeRO-3 is a one-rank DeepSpeed run of the local loop (`idrm-ray train --local` in a
-subprocess): its IB head is partitioned and gathered with one rank as with two. The one-worker
+subprocess): its IB head is partitioned and gathered with one rank as with two. The two-worker run
+is the real command line too, starting its own local Ray as a user's first run does, and its
+console is the suite's quiet-console check (issue 15 §6; this replaced test_console_cli.py, whose
+BT-only command line cost a second Ray start and fit). The one-worker
 references are in-process runs of the same loop (`run.local`), so id_zero3 against id_one_worker is
 also the suite's check that the loop gives the same numbers in this process and under Ray Train
 (issue 15 §3), with the two run folders' layouts (test_local_run_folder_has_the_ray_run_layout). Left out
@@ -76,6 +79,11 @@ RUNS = {  # name -> (method folder, overrides)
     "id_zero3": ("id", ZERO3 + ID),
     "inform_zero3": ("inform", ZERO3_LOCAL + INFORM),
 }
+# Run by the real command line (`python -m idrm_ray.cli train` in a subprocess); the others in this
+# process. id_zero3 thus starts its own local Ray, as a user's first run does, and its console is
+# the quiet-console check (issue 15 §6, test_the_console_is_short_and_the_logs_hold_the_rest): a
+# DeepSpeed ZeRO-3 run with the teacher stage, the noisiest the product has, logged at every step.
+CLI_RUNS = {"id_zero3", "inform_zero3"}
 
 
 def _write_data(root: Path) -> tuple[Path, Path]:
@@ -88,7 +96,7 @@ def _write_data(root: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def runs(ray_session, guard, make_config, tmp_path_factory):
+def runs(guard, make_config, tmp_path_factory):
     from idrm_ray.run.driver import run_train
 
     root = tmp_path_factory.mktemp("zero")
@@ -97,13 +105,14 @@ def runs(ray_session, guard, make_config, tmp_path_factory):
     for name, (method, extra) in RUNS.items():
         overrides = (*COMMON, f"data.train={train}", f"data.eval={evals}", *extra)
         cfg = make_config(root, name, *overrides)
-        if cfg.run.local and cfg.deepspeed.enabled:
-            summary = _cli_train(root, name, overrides)
+        console = None
+        if name in CLI_RUNS:
+            summary, console = _cli_train(root, name, overrides)
         else:
             summary = guard(lambda: run_train(cfg), timeout_s=FIT_TIMEOUT_S, what=f"run_train {name}")
         run_dir = Path(summary["run_dir"])
         out[name] = {
-            "run": summary["runs"][0], "lam": cfg.method.id.lam,
+            "run": summary["runs"][0], "lam": cfg.method.id.lam, "console": console, "root": root,
             "history": [json.loads(line) for line in (run_dir / method / "metrics.jsonl").read_text().splitlines()],
             "run_dir": run_dir, "init": load_file(run_dir / "assets" / "student" / "model.safetensors"),
             "final": load_file(run_dir / method / "checkpoint" / "model.safetensors"),
@@ -111,17 +120,18 @@ def runs(ray_session, guard, make_config, tmp_path_factory):
     return out
 
 
-def _cli_train(root: Path, name: str, overrides: tuple[str, ...]) -> dict:
-    """`idrm-ray train` in a subprocess (the embedded default's preset, as make_config's); its summary."""
+def _cli_train(root: Path, name: str, overrides: tuple[str, ...]):
+    """`idrm-ray train` in a subprocess (the embedded default's preset, as make_config's), with a
+    local Ray of its own where it starts one (no RAY_ADDRESS); its summary and finished process."""
     import os
     import subprocess
     import sys
 
     args = [sys.executable, "-m", "idrm_ray.cli", "train", "--output-dir", str(root), f"run.name={name}", *overrides]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "DS_ACCELERATOR": "cpu"}
     proc = subprocess.run(args, capture_output=True, text=True, timeout=FIT_TIMEOUT_S, env=env, cwd=root)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return json.loads((root / name / "summary.json").read_text())
+    return json.loads((root / name / "summary.json").read_text()), proc
 
 
 def _train_losses(history: list[dict], key: str = "l_bt") -> dict[int, float]:
@@ -225,3 +235,27 @@ def test_local_run_folder_has_the_ray_run_layout(runs):
         assert {p.name for p in kept[-1].iterdir()} == {"model", "train_state", "progress.json", "metrics.jsonl"}
     model = load_reward_model(str(local_dir / "id" / "checkpoint"), dtype=torch.float32)
     assert model.config.num_labels == 1
+
+
+# The quiet console (issue 15 §6) of id_zero3's command line: the run-folder and log lines, about
+# one progress line per step here (8 steps, logged at every step), the table and the wall time; Ray's
+# progress bars, worker prefixes, DeepSpeed's and the libraries' warnings are in <run>/logs/driver.log
+# and Ray's session logs instead.
+QUIET_MAX_LINES = 30  # 2 header lines + 8 progress lines + the teacher-maps line + a 3-line table + 1: 15 seen
+
+
+def test_the_console_is_short_and_the_logs_hold_the_rest(runs):
+    proc, root = runs["id_zero3"]["console"], runs["id_zero3"]["root"]
+    print(proc.stdout)
+    lines = proc.stdout.splitlines()
+    assert proc.stderr == "" and len(lines) <= QUIET_MAX_LINES, proc.stdout + proc.stderr
+    for noise in ("pid=", "RayTrainWorker", "Running Dataset", "Warning", "WARNING", "INFO", "DeepSpeed"):
+        assert noise not in proc.stdout, f"{noise!r} on the console:\n{proc.stdout}"
+    logs = root / "id_zero3" / "logs"
+    assert lines[:2] == [f"[idrm] run folder {root / 'id_zero3'}: {PAIRS} train / {EVAL_PAIRS} eval pairs, methods ['id']",
+                         f"[idrm] logs: {logs / 'driver.log'} (Ray, libraries, warnings; --verbose shows them here)"]
+    progress = [line for line in lines if line.startswith("  id seed")]
+    assert 4 <= len(progress) <= STEPS and progress[-1].startswith(f"  id seed 42: step {STEPS}/{STEPS} (100%)"), progress
+    assert any(line.startswith("id ") for line in lines) and lines[-1].startswith("[idrm] wall time")
+    assert "Started a local Ray instance" in (logs / "driver.log").read_text()
+    assert any(p.stat().st_size for p in (logs / "ray").glob("worker-*.err")), "Ray's worker logs are linked"
