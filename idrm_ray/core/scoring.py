@@ -19,6 +19,8 @@ class as a Ray Data actor for large sets.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +32,10 @@ from idrm_ray.core.types import PreferenceExample
 from idrm_ray.core.units import encode_pairs
 
 ENCODE_CHUNK = 256  # pairs per tokenizer call
+ENCODE_MEMO = 8  # encoded pair lists kept per process (a compare scores the same pairs per checkpoint)
+
+_encoded: OrderedDict[tuple, tuple[list[np.ndarray], dict[str, int]]] = OrderedDict()
+_tokenizer_keys: dict[int, tuple[object, int, str]] = {}
 
 
 def encode_sequences(
@@ -44,7 +50,45 @@ def encode_with_stats(
 ) -> tuple[list[np.ndarray], dict[str, int]]:
     """`encode_sequences` plus how many pairs and tokens `max_len` cut (nothing is dropped
     silently, DESIGN.md §5). The student tokenizer stands in for the teacher's (BT-only
-    training runs do the same); only the student ids are kept."""
+    training runs do the same); only the student ids are kept.
+
+    Remembered per process (the newest ENCODE_MEMO lists, fresh arrays on every call): the same
+    pairs through the same tokenizer, as an ensemble's members, a compare's checkpoints or an
+    eval's models read them, are encoded once. Same tokenizer means the same ids for any text:
+    its serialised vocabulary, merges, normaliser and specials, its special tokens and chat
+    template (`_tokenizer_key`), so two folders holding copies of one tokenizer share it."""
+    shape = tuple(template) if isinstance(template, list) else template
+    key = (_tokenizer_key(tokenizer), max_len, shape, tuple((e.prompt, e.chosen, e.rejected) for e in examples))
+    if key in _encoded:
+        _encoded.move_to_end(key)
+    else:
+        _encoded[key] = _encode_with_stats(examples, tokenizer, max_len=max_len, template=template)
+        while len(_encoded) > ENCODE_MEMO:
+            _encoded.popitem(last=False)
+    seqs, truncated = _encoded[key]
+    return [s.copy() for s in seqs], dict(truncated)
+
+
+def _tokenizer_key(tokenizer) -> str:
+    """A digest of what decides the ids a tokenizer gives (see `encode_with_stats`), kept per object
+    while its vocabulary keeps its size (a token added later gives a new digest)."""
+    held = _tokenizer_keys.get(id(tokenizer))
+    if held is not None and held[0] is tokenizer and held[1] == len(tokenizer):
+        return held[2]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    extra = repr((type(tokenizer).__name__, tokenizer.special_tokens_map, getattr(tokenizer, "chat_template", None),
+                  getattr(tokenizer, "padding_side", None), getattr(tokenizer, "truncation_side", None)))
+    digest = hashlib.sha256((spec + extra).encode()).hexdigest()
+    if len(_tokenizer_keys) >= 64:
+        _tokenizer_keys.clear()
+    _tokenizer_keys[id(tokenizer)] = (tokenizer, len(tokenizer), digest)
+    return digest
+
+
+def _encode_with_stats(
+    examples: Sequence[PreferenceExample], tokenizer, *, max_len: int, template: tuple[str, str, str] | None
+) -> tuple[list[np.ndarray], dict[str, int]]:
     seqs: list[np.ndarray] = []
     truncated = {"pairs_truncated": 0, "tokens_truncated": 0}
     for start in range(0, len(examples), ENCODE_CHUNK):

@@ -114,3 +114,38 @@ def test_sequences_as_training_builds_them(student_tokenizer):
     assert all(s[0] == student_tokenizer.bos_token_id and s[-1] == student_tokenizer.eos_token_id for s in seqs)
     # the prompt is cut from the left: the response survives whole
     assert student_tokenizer.decode(seqs[0][1:-1]).endswith("Assistant: Once upon a time.")
+
+
+def test_encodings_are_remembered_per_tokenizer_content(tmp_path, student_tokenizer, teacher_tokenizer, monkeypatch):
+    """The same pairs through copies of one tokenizer (two checkpoint folders) are encoded once;
+    another max_len, another tokenizer or a token added later are encoded anew; every call gets
+    arrays of its own, equal to a fresh encoding."""
+    from transformers import AutoTokenizer
+
+    from idrm_ray.core import scoring
+
+    examples = [PreferenceExample(f"Question {i}?", f" Yes {i}.", f" No {i}.") for i in range(5)]
+    fresh = scoring._encode_with_stats(examples, student_tokenizer, max_len=64, template=None)
+    calls = []
+    real = scoring._encode_with_stats
+    monkeypatch.setattr(scoring, "_encode_with_stats", lambda *a, **k: calls.append(k["max_len"]) or real(*a, **k))
+    monkeypatch.setattr(scoring, "_encoded", type(scoring._encoded)())
+    copies = []
+    for name in ("a", "b"):
+        student_tokenizer.save_pretrained(tmp_path / name)
+        copies.append(AutoTokenizer.from_pretrained(tmp_path / name))
+    first, cut = encode_with_stats(examples, copies[0], max_len=64)
+    first[0][0] = -7  # the caller's array, not the memo's
+    second, _ = encode_with_stats(examples, copies[1], max_len=64)
+    assert calls == [64] and cut == fresh[1]
+    assert all(np.array_equal(a, b) for a, b in zip(second, fresh[0])) and len(second) == len(fresh[0]) == 10
+    encode_with_stats(examples, copies[1], max_len=32)
+    encode_with_stats(examples[:4], copies[1], max_len=64)
+    assert calls == [64, 32, 64]
+    copies[1].add_tokens(["zzqq"])
+    encode_with_stats(examples, copies[1], max_len=64)
+    assert calls == [64, 32, 64, 64]
+    assert scoring._tokenizer_key(teacher_tokenizer) != scoring._tokenizer_key(copies[0])
+    for n in range(scoring.ENCODE_MEMO + 3):  # bounded
+        encode_with_stats(examples, copies[0], max_len=16 + n)
+    assert len(scoring._encoded) == scoring.ENCODE_MEMO
