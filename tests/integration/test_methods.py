@@ -3,10 +3,12 @@ bundled data: bt, am, lf, warm, inform, id, id+am, id+lf, id+warm, one seed, two
 ensembles, 640 pairs (80 steps), the tiny NLI teacher fine-tuned first (in this process, ~5 s;
 no dependence on conftest's `shared_run`, so `pytest -n 2` can run this module beside it).
 
-One compare run serves every test: its 11 training runs are in-process runs of the worker
-loop (`run.local=true`, issue 15 §5: what is checked here is the methods, not Ray Train, whose
+One compare run serves every test: its 11 training runs are runs of the worker loop without
+Ray Train (`run.local=true`, issue 15 §5: what is checked here is the methods, not Ray Train, whose
 start-up was most of a tiny run; test_zero_under_ray.py checks that the loop gives the same numbers
-under Ray Train), one after another, and so is their scoring; WARM's averaging task still runs on Ray. Each trained run must
+under Ray Train), two at a time as Ray tasks (`method.ensemble.concurrency=2`, compare's own way
+of running several; 66 s instead of 77 s one after another in this process), and so is their
+scoring; WARM's averaging task runs on Ray too. Each trained run must
 show learning (training loss fell, eval accuracy above chance); the procedures must have done
 what they claim (LF flipped pairs, AM used the ratings, WARM is the parameter average of its
 members, InfoRM's head folded into an ordinary reward-model checkpoint); the table has one row
@@ -34,7 +36,7 @@ COMPARE_TIMEOUT_S = 1200
 def compared(ray_session, guard, make_config, tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
     cfg = make_config(root, "compare", *EMBEDDED_DEFAULTS, f"data.max_pairs={PAIRS}",
-                      "method.ensemble.members=2", "method.ensemble.concurrency=1", "run.log_every=10",
+                      "method.ensemble.members=2", "method.ensemble.concurrency=2", "run.log_every=10",
                       "run.local=true")
     report = guard(lambda: run_compare(cfg, parse_variants("all"), [0], out_dir=root / "cmp"),
                    timeout_s=COMPARE_TIMEOUT_S, what="compare: 9 methods x 1 seed")
