@@ -19,8 +19,8 @@ pipeline (`driver.run_train` -> `train_one` -> `dataset.teacher_stream` -> `clus
   in lock-step with the longer one (`ingest.synced_batches`); and every delivered pair carries
   its own tokens and maps (a CRC of its student tokens and its maps' shape, recomputed in this
   process with the plain stage classes over the run's files);
-- epoch 1: rank 1's student node is removed (`cluster.remove_node`) two steps after a checkpoint
-  and an empty student node added to restore capacity: Ray Train restarts the group from the
+- epoch 1: rank 1's student node is removed (`cluster.remove_node`) two steps after a checkpoint,
+  an empty student node having joined just before to restore capacity: Ray Train restarts the group from the
   latest checkpoint (`run.max_failures=1`), the step count continues, at most
   `run.checkpoint_every` steps are lost, the counters and the metric history hold no step of
   the lost attempt twice, the resumed epoch still trains every pair once, and the redone steps
@@ -289,9 +289,17 @@ def faulty_run(sim_cluster, make_config, tmp_path_factory):
         held = json.loads(hold_marker.read_text())
         node = next(n for n in cluster.worker_nodes if n.node_id == held["node"])
         t1 = time.perf_counter()
-        cluster.remove_node(node)
+        # The spare node first, fully up, then the loss: added right after the removal, the restarted
+        # group's placement group could land on a node registered milliseconds before, whose resources
+        # the GCS scheduler did not know yet, and an actor pinned there was refused as unschedulable
+        # (seen once in a dozen CI runs: "The node specified via NodeAffinitySchedulingStrategy doesn't
+        # exist any more or is infeasible", failing the second attempt). Nothing asks for student_gpu
+        # while the held group runs, so the spare stays empty until the restart.
         added = cluster.add_node(num_cpus=NODE_CPUS, resources={"student_gpu": 1})
-        events.update(removed=held, added=added.node_id, replace_s=time.perf_counter() - t1, removed_at_s=t1 - t0)
+        cluster.wait_for_nodes(timeout=120)
+        t2 = time.perf_counter()
+        cluster.remove_node(node)
+        events.update(removed=held, added=added.node_id, replace_s=time.perf_counter() - t1, removed_at_s=t2 - t0)
 
     watchers = [((log_dir / "teacher_held").exists, kill_teacher), (checkpoint_registered, replace_student_node)]
     loop = _instrumented_loop(log_dir=str(log_dir), hold_marker=str(hold_marker))
