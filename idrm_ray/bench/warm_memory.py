@@ -7,9 +7,13 @@ members' safetensors, streamed into the output file).
 
 Members are the model (by default the packaged SmolLM2-135M, an fp32 Llama of about 540 MB)
 saved as reward models with perturbed weights. Each method runs in a fresh process (`--child`)
-that first imports everything and loads the tokenizer and model class, takes its resident set
-as the baseline, resets the kernel's high-water mark (VmHWM, `measure._reset_hwm`) and reports
-the mark's growth over the baseline: what averaging itself added, against one member's weights.
+that first imports everything, loads the tokenizer and model class and runs the same method once
+on two one-block members (`warm_members`), so that one-time costs (library code paged in on
+first use, allocator arenas: about 10 MB, whatever the model's size) are not counted. It then
+takes its resident set as the baseline, resets the kernel's high-water mark (VmHWM,
+`measure._reset_hwm`) and reports the mark's growth over the baseline: what averaging itself
+added, against one member's weights. glibc's mmap threshold is fixed (as `id_step.rss_all`
+does), so buffers the warm-up freed leave the resident set instead of being reused unseen.
 Both outputs are compared tensor by tensor at the end.
 """
 from __future__ import annotations
@@ -69,8 +73,16 @@ def weight_bytes(model_dir: str) -> int:
     return sum(math.prod(shape) * _DTYPES[dtype].itemsize for _, dtype, shape in safetensors_layout(model_dir).values())
 
 
-def child(method: str, out: str, sources: list[str]) -> dict:
-    """One averaging in this (fresh) process; growth of VmHWM over the post-import baseline."""
+def warm_members(tokenizer, folder: Path) -> list[str]:
+    """Two one-block members (a few MB) for `child`'s warm-up run."""
+    from idrm_ray.core import tiny
+
+    return make_members(tiny.build_tiny_student(tokenizer, num_layers=1), tokenizer, folder, 2)
+
+
+def child(method: str, out: str, sources: list[str], warm: list[str]) -> dict:
+    """One averaging in this (fresh) process, after a warm-up averaging of `warm` by the same
+    method; growth of VmHWM over the baseline taken after the warm-up."""
     from transformers import AutoConfig, AutoModelForSequenceClassification  # noqa: F401 - imported before the baseline
 
     from idrm_ray.core.reward_model import cached_tokenizer
@@ -81,21 +93,23 @@ def child(method: str, out: str, sources: list[str]) -> dict:
 
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]  # imports the model class now
     cached_tokenizer(sources[0])
+    fn = old_average if method == "old" else write_average
+    with tempfile.TemporaryDirectory() as tmp:
+        fn(warm, tmp, metadata={"method": "warm", "bench": "warm-up"})
     gc.collect()
     base = _status_kib("VmRSS")
     exact = _reset_hwm()
     t0 = time.perf_counter()
-    fn = old_average if method == "old" else write_average
     fn(sources, out, metadata={"method": "warm", "bench": method})
     wall = time.perf_counter() - t0
     return {"peak_growth": 1024 * (_status_kib("VmHWM") - base), "baseline_rss": 1024 * base,
             "exact": exact, "wall_s": wall}
 
 
-def measure(method: str, out: Path, sources: list[str], *, threads: int = 1) -> dict:
+def measure(method: str, out: Path, sources: list[str], warm: list[str], *, threads: int = 1) -> dict:
     """`child` in a fresh interpreter (no high-water mark inherited from this one)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "idrm_ray.bench.warm_memory", "--child", method, str(out), *sources]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MALLOC_MMAP_THRESHOLD_": "65536"}
+    cmd = [sys.executable, "-m", "idrm_ray.bench.warm_memory", "--child", method, str(out), *warm, "--", *sources]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} averaging failed:\n{proc.stderr[-3000:]}")
@@ -130,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         folder = Path(args.dir or tmp)
         path = packaged.resolve(args.model)
         model = load_reward_model(path, dtype=torch.float32)
-        sources = make_members(model, load_student_tokenizer(path), folder, args.members)
+        tokenizer = load_student_tokenizer(path)
+        sources = make_members(model, tokenizer, folder, args.members)
+        warm = warm_members(tokenizer, folder / "warm-up")
         del model
         size = weight_bytes(sources[0])
         print(f"WARM averaging of {args.members} members of {args.model}: {size / 2**20:.0f} MiB of weights each "
@@ -138,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'method':<8}{'peak RSS growth':>18}{'x one member':>14}{'wall s':>9}")
         rows = {}
         for method in METHODS:
-            rows[method] = measure(method, folder / f"avg-{method}", sources)
+            rows[method] = measure(method, folder / f"avg-{method}", sources, warm)
             r = rows[method]
             flag = "" if r["exact"] else "  (VmHWM not reset: upper bound)"
             print(f"{method:<8}{r['peak_growth'] / 2**20:>14.0f} MiB{r['peak_growth'] / size:>14.2f}"
@@ -151,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         torch.set_num_threads(1)
-        print(json.dumps(child(sys.argv[2], sys.argv[3], sys.argv[4:])))
+        rest = sys.argv[4:]
+        cut = rest.index("--")
+        print(json.dumps(child(sys.argv[2], sys.argv[3], rest[cut + 1:], rest[:cut])))
     else:
         main()
