@@ -129,6 +129,8 @@ def _convert_smollm2(src: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+    from idrm_ray.core.hf_save import save_pretrained
+
     try:
         import gguf  # noqa: F401
     except ImportError as exc:
@@ -151,7 +153,7 @@ def _convert_smollm2(src: Path, out: Path) -> None:
     tokenizer.pad_token = None
     tokenizer.model_max_length = config.max_position_embeddings
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    save_pretrained(model, out)
     tokenizer.save_pretrained(out)
 
 

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from idrm_ray.core.hf_save import save_pretrained
+
 __all__ = [
     "META_FILE",
     "VALUE_HEAD_PREFIX",
@@ -281,7 +283,7 @@ def save_reward_model(
         value_head_prefix=VALUE_HEAD_PREFIX, mean=float(mean), std=float(std), normalize_reward=bool(normalize_reward)
     )
     with _config_fields(model.config, fields):
-        model.save_pretrained(out, state_dict=None if state_dict is None else dict(state_dict))
+        save_pretrained(model, out, state_dict=None if state_dict is None else dict(state_dict))
     tokenizer.save_pretrained(out)
     (out / META_FILE).write_text(json.dumps(metadata or {}, indent=2, sort_keys=True, default=str) + "\n")
     return out

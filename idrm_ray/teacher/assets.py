@@ -18,6 +18,7 @@ def tiny_teacher_dir(cfg: TrainJobConfig, run_dir: Path, name: str) -> str:
     out = run_dir / "assets" / name
     if not (out / "config.json").exists():
         from idrm_ray.core import tiny  # torch: only where a tiny teacher is built
+        from idrm_ray.core.hf_save import save_pretrained
 
         t = cfg.teacher.tiny
         kind = "unigram" if t.family == "deberta-v2" else "wordpiece"
@@ -25,7 +26,7 @@ def tiny_teacher_dir(cfg: TrainJobConfig, run_dir: Path, name: str) -> str:
         model = tiny.build_tiny_teacher(
             tokenizer, family=t.family, num_layers=t.num_layers, hidden_size=t.hidden_size, num_heads=t.num_heads, seed=t.seed
         )
-        model.save_pretrained(out)
+        save_pretrained(model, out)
         tokenizer.save_pretrained(out)
     return str(out)
 

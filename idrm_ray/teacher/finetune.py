@@ -22,6 +22,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from idrm_ray import console
+from idrm_ray.core.hf_save import save_pretrained
 from idrm_ray.train.ingest import synced_batches
 from idrm_ray.train.session import RayTrainSession
 from idrm_ray.train.strategy import make_strategy
@@ -192,7 +193,7 @@ def _report(strategy, tokenizer, metrics: dict, session) -> None:
         state = strategy.consolidated_state_dict()
         if strategy.rank == 0:
             model = strategy.unwrap()
-            model.save_pretrained(tmp, state_dict=state)
+            save_pretrained(model, tmp, state_dict=state)
             tokenizer.save_pretrained(tmp)
         session.report(metrics, checkpoint_dir=tmp)
 

@@ -36,10 +36,20 @@ BLOCKED = textwrap.dedent(
     """
 )
 
+# The objective's import, then a reward-model save and a teacher save (`core.hf_save`: transformers'
+# save_pretrained would import deepspeed through accelerate's unwrap, 1.3 s in every process that saves).
 CLEAN = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, tempfile
     import idrm_ray.core.objective
+    from idrm_ray.core import tiny
+    from idrm_ray.core.hf_save import save_pretrained
+    from idrm_ray.core.reward_model import save_reward_model
+    tok = tiny.train_student_tokenizer()
+    with tempfile.TemporaryDirectory() as out:
+        save_reward_model(tiny.build_tiny_student(tok, num_layers=1), tok, out + "/student")
+        teacher_tok = tiny.train_teacher_tokenizer(kind="wordpiece")
+        save_pretrained(tiny.build_tiny_teacher(teacher_tok, num_layers=1), out + "/teacher")
     print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "deepspeed"))))
     """
 )
@@ -69,7 +79,7 @@ def test_core_config_data_methods_import_without_ray_or_deepspeed(interpreters):
     assert not result["failed"], "\n".join(f"{k}:\n{v}" for k, v in result["failed"].items())
 
 
-def test_objective_does_not_pull_ray_or_deepspeed(interpreters):
+def test_objective_and_checkpoint_saves_do_not_pull_ray_or_deepspeed(interpreters):
     assert interpreters["clean"] == []
 
 
