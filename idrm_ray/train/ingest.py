@@ -4,9 +4,11 @@
 length (we split with `equal=False` so that no pair is dropped): a rank whose shard is
 exhausted keeps stepping on its last batch with zero weight until every rank is done,
 so the collectives of DeepSpeed/DDP always match. Only real batches are counted.
+`StartedEarly` asks a stream for its first batch before the student is built.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -26,6 +28,38 @@ class StreamItem:
     batch: dict[str, Any]  # numpy batch (ragged columns are object arrays)
     real: bool  # False for the zero-weight filler of an exhausted rank
     wait_s: float  # seconds this rank waited for the stream to yield it
+
+
+class StartedEarly:
+    """`batches` with its first item fetched from now on in a thread (then served first).
+
+    A Ray Data stream starts on its first request: the encode tasks and the teacher actors
+    start their processes and load their models only then. Asked before the student is built,
+    that start-up runs beside the student's own instead of after it. Errors of the fetch are
+    raised where the loop first iterates, as without the thread."""
+
+    def __init__(self, batches: Iterable[dict[str, Any]]) -> None:
+        self._it = iter(batches)
+        self._first: tuple[str, Any] = ("end", None)
+        self._thread = threading.Thread(target=self._fetch, name="idrm first batch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first = ("item", next(self._it))
+        except StopIteration:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the loop's thread
+            self._first = ("error", exc)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._thread.join()
+        kind, value = self._first
+        if kind == "error":
+            raise value
+        if kind == "item":
+            yield value
+            yield from self._it
 
 
 def synced_batches(

@@ -5,6 +5,8 @@
     fetch(value)                      a value of the loop config (an object-store ref under Ray)
     resume_candidates()               checkpoints to resume from, newest first ([] : a fresh start)
     report(metrics, checkpoint_dir)   metrics, and a checkpoint directory to persist (or None)
+    starts_stream_early               whether a fresh start asks for its first batch before
+                                      building the model (its stream runs in other processes)
 
 `RayTrainSession` wraps `ray.train.*` inside a TorchTrainer worker (production). `LocalSession`
 runs the same loop in this process, world size 1, no Ray Train (tests and `idrm-ray train
@@ -29,6 +31,8 @@ CHECKPOINT_PREFIX = "checkpoint_"
 
 class RayTrainSession:
     """The session of a Ray Train worker (`ray.train.get_context()` and friends)."""
+
+    starts_stream_early = True  # Ray Data's tasks and teacher actors start beside the model load
 
     def __init__(self) -> None:
         import ray.train
@@ -106,6 +110,7 @@ class LocalSession:
     run's checkpoints (<storage_path>/<name>); `keep`: how many of the latest to keep."""
 
     rank, world_size = 0, 1
+    starts_stream_early = False  # the stream is computed in this process: after the model, as ever
 
     def __init__(self, *, shards: dict[str, LocalShard], storage: Path, keep: int) -> None:
         self.shards, self.storage, self.keep = shards, Path(storage), keep

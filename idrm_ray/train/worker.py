@@ -34,6 +34,7 @@ from idrm_ray.core.reward_model import (
 )
 from idrm_ray.train import checkpointing as ckpt
 from idrm_ray.train.ingest import (
+    StartedEarly,
     map_bytes_stats,
     stack_rows,
     synced_batches,
@@ -53,16 +54,17 @@ def train_loop_per_worker(config: dict, session=None) -> None:
     """config: {"spec": WorkerSpec dict, "eval": encoded eval rows (an object-store ref under
     Ray)}; session: a `train.session` session (default: this Ray Train worker's)."""
     session = session or RayTrainSession()
-    run = _WorkerRun(WorkerSpec.from_dict(config["spec"]), session=session, eval_rows=session.fetch(config["eval"]))
-    train_shard = session.dataset_shard("train")
-    spec, progress = run.spec, run.progress
+    spec, train_shard = WorkerSpec.from_dict(config["spec"]), session.dataset_shard("train")
+    # A fresh start reads epoch 0 from its first pair: its stream can start before the model is
+    # built (a resumed run's epoch and position are known only once its checkpoint is read).
+    early = None
+    if session.starts_stream_early and not session.resume_candidates():
+        early = StartedEarly(_epoch_batches(train_shard, spec, 0))
+    run = _WorkerRun(spec, session=session, eval_rows=session.fetch(config["eval"]))
+    progress = run.progress
     for epoch in range(progress.epoch, spec.epochs):
         progress.epoch = epoch
-        stream = train_shard.iter_batches(
-            batch_size=spec.micro_batch_size, batch_format="numpy", prefetch_batches=spec.prefetch_batches,
-            local_shuffle_buffer_size=spec.shuffle_buffer or None,
-            local_shuffle_seed=spec.seed + epoch if spec.shuffle_buffer else None,
-        )
+        stream = early if early is not None and epoch == 0 else _epoch_batches(train_shard, spec, epoch)
         for micro, item in enumerate(synced_batches(stream, run.strategy.all_reduce_sum)):
             if micro < progress.micro_in_epoch:
                 continue  # resumed mid-epoch: these pairs were trained on before the failure
@@ -74,6 +76,15 @@ def train_loop_per_worker(config: dict, session=None) -> None:
         progress.micro_in_epoch = 0
     run.evaluate_and_checkpoint(final=True)
     run.strategy.barrier()
+
+
+def _epoch_batches(train_shard, spec: WorkerSpec, epoch: int):
+    """This rank's micro-batches of one epoch (a seeded local shuffle where the spec asks)."""
+    return train_shard.iter_batches(
+        batch_size=spec.micro_batch_size, batch_format="numpy", prefetch_batches=spec.prefetch_batches,
+        local_shuffle_buffer_size=spec.shuffle_buffer or None,
+        local_shuffle_seed=spec.seed + epoch if spec.shuffle_buffer else None,
+    )
 
 
 class _WorkerRun:
