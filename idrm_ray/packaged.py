@@ -129,8 +129,6 @@ def _convert_smollm2(src: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    from idrm_ray.core.hf_save import save_pretrained
-
     try:
         import gguf  # noqa: F401
     except ImportError as exc:
@@ -153,7 +151,7 @@ def _convert_smollm2(src: Path, out: Path) -> None:
     tokenizer.pad_token = None
     tokenizer.model_max_length = config.max_position_embeddings
     out.mkdir(parents=True, exist_ok=True)
-    save_pretrained(model, out)
+    model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
