@@ -102,7 +102,24 @@ def older_checkpoints(checkpoint) -> list:
     return [Checkpoint(path, filesystem=checkpoint.filesystem) for path in names]
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # written once, never edited in place
+
+
 def copy_tree(src: str | Path, dst: str | Path) -> None:
+    """`dst` replaced by a copy of `src` in which weight files are hard links where both are on
+    one filesystem (a checkpoint in local storage and the run folder: an 8B model's 16 GB is not
+    written twice); every other file (configs, tokenizer, metadata: small, and sometimes edited
+    by hand) is a real copy. Across filesystems every file is copied."""
     if Path(dst).exists():
         shutil.rmtree(dst)
-    shutil.copytree(src, dst)
+    shutil.copytree(src, dst, copy_function=_link_weights)
+
+
+def _link_weights(src: str, dst: str) -> str:
+    if src.endswith(WEIGHT_SUFFIXES):
+        try:
+            os.link(src, dst)
+            return dst
+        except OSError:  # another filesystem, or one without hard links
+            pass
+    return shutil.copy2(src, dst)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from ray.train import Checkpoint
@@ -46,3 +47,26 @@ def test_older_checkpoints_newest_first_without_the_latest_or_other_files(tmp_pa
     latest = Checkpoint.from_directory(str(tmp_path / "checkpoint_2026-01-01_00-00-03"))
     older = [c.path.rsplit("/", 1)[-1] for c in ckpt.older_checkpoints(latest)]
     assert older == ["checkpoint_2026-01-01_00-00-02", "checkpoint_2026-01-01_00-00-01"]
+
+
+def test_copy_tree_links_weights_and_copies_the_rest(tmp_path):
+    """The run folder's checkpoint shares the weight files' blocks with the stored checkpoint (an
+    8B model is not written twice); configs and tokenizer files are copies, so editing one side
+    leaves the other as it was; a second collection replaces the first."""
+    from idrm_ray.train.checkpointing import copy_tree
+
+    src = tmp_path / "storage" / "checkpoint_1" / "model"
+    src.mkdir(parents=True)
+    (src / "model.safetensors").write_bytes(b"weights" * 100)
+    (src / "config.json").write_text('{"a": 1}')
+    dst = tmp_path / "run" / "checkpoint"
+    dst.mkdir(parents=True)
+    (dst / "stale.txt").write_text("old")
+    copy_tree(src, dst)
+    assert sorted(p.name for p in dst.iterdir()) == ["config.json", "model.safetensors"]
+    assert (dst / "model.safetensors").stat().st_ino == (src / "model.safetensors").stat().st_ino
+    assert (dst / "config.json").stat().st_ino != (src / "config.json").stat().st_ino
+    (dst / "config.json").write_text('{"a": 2}')
+    assert (src / "config.json").read_text() == '{"a": 1}'
+    shutil.rmtree(src)  # the storage's checkpoint rotated out: the run folder's weights remain
+    assert (dst / "model.safetensors").read_bytes() == b"weights" * 100
