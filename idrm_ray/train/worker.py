@@ -57,10 +57,11 @@ def train_loop_per_worker(config: dict, session=None) -> None:
     spec, train_shard = WorkerSpec.from_dict(config["spec"]), session.dataset_shard("train")
     # A fresh start reads epoch 0 from its first pair: its stream can start before the model is
     # built (a resumed run's epoch and position are known only once its checkpoint is read).
+    candidates = session.resume_candidates()  # newest first; read once, here and by the resume
     early = None
-    if session.starts_stream_early and not session.resume_candidates():
+    if session.starts_stream_early and not candidates:
         early = StartedEarly(_epoch_batches(train_shard, spec, 0))
-    run = _WorkerRun(spec, session=session, eval_rows=session.fetch(config["eval"]))
+    run = _WorkerRun(spec, session=session, eval_rows=session.fetch(config["eval"]), candidates=candidates)
     progress = run.progress
     for epoch in range(progress.epoch, spec.epochs):
         progress.epoch = epoch
@@ -90,7 +91,7 @@ def _epoch_batches(train_shard, spec: WorkerSpec, epoch: int):
 class _WorkerRun:
     """State of one worker: model, strategy, progress, metric accumulators."""
 
-    def __init__(self, spec: WorkerSpec, *, session, eval_rows: list[dict]) -> None:
+    def __init__(self, spec: WorkerSpec, *, session, eval_rows: list[dict], candidates: list) -> None:
         torch.manual_seed(spec.seed)
         self.spec, self.session, self.eval_rows, self.device = spec, session, eval_rows, pick_device()
         self.strategy = make_strategy(
@@ -106,7 +107,7 @@ class _WorkerRun:
         optimizer, self.scheduler = _optimizer(module, spec)
         self.engine = self.strategy.prepare(module, optimizer, self.scheduler)
         self.forward = _autocast(self.engine, self.strategy)  # the maps themselves stay fp32
-        self.progress = self._resume()
+        self.progress = self._resume(candidates)
         self.monitor = StudentMonitor(method=spec.method) if self.strategy.rank == 0 else None  # rows are global
         self.logged_step = self.progress.step
         self.wandb = _wandb(spec) if self.strategy.rank == 0 else None
@@ -261,11 +262,11 @@ class _WorkerRun:
         correct, loss, pairs = (strategy.all_reduce_sum(float(v)) for v in sums)
         return {"eval_accuracy": correct / max(pairs, 1.0), "eval_loss": loss / max(pairs, 1.0), "eval_pairs": int(pairs)}
 
-    def _resume(self) -> ckpt.Progress:
-        """Progress from the latest checkpoint; when it is unreadable (truncated, corrupt),
-        say so and fall back to the previous good one. Never a silent fresh start: with no
-        readable checkpoint at all the run stops with the list of what was tried."""
-        candidates = self.session.resume_candidates()  # newest first
+    def _resume(self, candidates: list) -> ckpt.Progress:
+        """Progress from the latest of `candidates` (the session's checkpoints, newest first);
+        when it is unreadable (truncated, corrupt), say so and fall back to the previous good
+        one. Never a silent fresh start: with no readable checkpoint at all the run stops with
+        the list of what was tried."""
         if not candidates:
             return ckpt.Progress()
         problems = []
