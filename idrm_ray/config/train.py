@@ -102,6 +102,9 @@ class ResourcesConfig:
     gpus_per_worker: float = param(1.0, "GPUs per train worker when use_gpu (a fraction shares one GPU).")
     student_resource: str = param("student_gpu", "Custom resource each train worker asks for (empty: none).")
     student_resource_amount: float = param(1.0, "Amount of student_resource per worker.")
+    encode_concurrency: int = param(
+        2, "Tokenizing tasks at once (CPU). Each is a process importing the tokenizers (~5 CPU-s); "
+           "one tokenizes about 1000 short pairs/s.")
     teacher_concurrency: tuple[int, int] = param((1, 1), "Teacher actor pool size (min, max).")
     teacher_num_gpus: float = param(0.0, "GPUs per teacher actor (0: CPU; 0.2 shares one GPU with the student).")
     teacher_num_cpus: float = param(
@@ -121,6 +124,7 @@ class ResourcesConfig:
             require(self, getattr(self, key) >= 0, key, "must be >= 0")
         require(self, not self.use_gpu or self.gpus_per_worker > 0, "gpus_per_worker",
                 "must be > 0 when use_gpu (or set resources.use_gpu=false)")
+        require(self, self.encode_concurrency >= 1, "encode_concurrency", "must be >= 1")
         lo, hi = self.teacher_concurrency
         require(self, 1 <= lo <= hi, "teacher_concurrency", "needs 1 <= min <= max, e.g. [1, 4]")
 

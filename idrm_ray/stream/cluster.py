@@ -89,6 +89,7 @@ def stage_placement(cfg: TrainJobConfig) -> StagePlacement:
     res = cfg.resources
     custom = {res.teacher_resource: res.teacher_resource_amount} if _wants(cfg, res.teacher_resource) else None
     return StagePlacement(
+        encode_concurrency=res.encode_concurrency,
         teacher_cpus=res.teacher_num_cpus,
         teacher_gpus=res.teacher_num_gpus,
         teacher_resources=custom,

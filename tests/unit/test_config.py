@@ -114,6 +114,7 @@ def test_tiny_preset_is_small_local_and_cpu():
     assert cfg.data.train == "bundled" and (cfg.method.id.lam, cfg.method.id.top_n) == (1.0, 1)
     assert cfg.resources.num_workers == 1 and not cfg.resources.use_gpu and not cfg.deepspeed.enabled
     assert 0 < cfg.resources.teacher_num_cpus < 1  # a whole CPU deadlocks 2 cores (STACK_NOTES.md)
+    assert cfg.resources.encode_concurrency == 1 and TrainJobConfig().resources.encode_concurrency == 2
     plan = make_plan(cfg, 1000)
     assert plan.total_steps <= 750 and plan.finetune_teacher and plan.cpus_needed <= 2  # minutes on 2 cores
 
@@ -258,6 +259,7 @@ def test_file_and_preset_errors(tmp_path):
     (["method.id.intra=false", "method.id.inter=false"], ["both false", "method.name=bt"]),
     (["logging.wandb_mode=online"], ["'logging.wandb_project'", "wandb_mode=offline"]),
     (["resources.teacher_concurrency=[2, 1]"], ["'resources.teacher_concurrency'", "min <= max"]),
+    (["resources.encode_concurrency=0"], ["'resources.encode_concurrency' (0)", ">= 1"]),
     (["optim.lr=0"], ["'optim.lr' (0.0)", "> 0"]),
     (["data.eval_fraction=1.0"], ["'data.eval_fraction'", "[0, 1)"]),
 ])
@@ -355,3 +357,14 @@ def test_plan_never_changes_the_config_and_refuses_too_little_data():
     assert dump_config(cfg) == before
     with pytest.raises(ConfigError, match="fewer than one global batch"):
         make_plan(cfg, 63)
+
+
+def test_stage_placement_takes_the_resources_section():
+    from idrm_ray.stream.cluster import stage_placement
+
+    cfg = load_config(TrainJobConfig, overrides=["resources.encode_concurrency=3", "resources.teacher_concurrency=[1, 4]",
+                                                 "resources.teacher_num_cpus=0.5", "teacher.batch_size=8",
+                                                 "resources.custom_resources=ignore"])
+    placement = stage_placement(cfg)
+    assert (placement.encode_concurrency, placement.teacher_concurrency) == (3, (1, 4))
+    assert (placement.teacher_cpus, placement.teacher_batch_size) == (0.5, 8)
