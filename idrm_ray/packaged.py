@@ -78,8 +78,8 @@ def smollm2_dir(root: Path | None = None) -> Path:
     """The fp32 Llama directory of SmolLM2-135M-Instruct, converted from the GGUF on first use.
     Written to a temporary folder and renamed into place, so a crash never leaves half a model
     and parallel callers (test workers, Ray tasks) at worst convert twice."""
-    out = (root or cache_root()) / "models" / "smollm2-135m-instruct"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+    out = _smollm2_out(root)
+    if smollm2_converted(root):
         return out
     src = _package_dir(MODELS["smollm2-135m-instruct"])
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
@@ -92,6 +92,16 @@ def smollm2_dir(root: Path | None = None) -> Path:
     except OSError:  # another process published it first
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def smollm2_converted(root: Path | None = None) -> bool:
+    """Whether `smollm2_dir` would return without converting."""
+    out = _smollm2_out(root)
+    return (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def _smollm2_out(root: Path | None) -> Path:
+    return (root or cache_root()) / "models" / "smollm2-135m-instruct"
 
 
 @contextlib.contextmanager

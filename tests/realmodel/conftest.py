@@ -9,15 +9,43 @@ at run time; `bash .ci/setup.sh` installs them), on CPU.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from idrm_ray import packaged
 
+_EARLY: dict[str, subprocess.Popen] = {}  # the conversion started at collection, if any
+
+
+def pytest_collection_finish(session):
+    """On a machine without the converted SmolLM2 (a fresh CI machine), start the conversion
+    (~13 s of one core) in a process of its own as soon as the session knows it will run this
+    tier: it then runs beside the modules before this tier (test_auth, first, leaves most of a
+    core idle while its Ray head starts) instead of inside the first real-model test."""
+    tier = f"{os.sep}realmodel{os.sep}"
+    if packaged.smollm2_converted() or not any(tier in str(item.fspath) for item in session.items):
+        return
+    code = "from idrm_ray import packaged; packaged.smollm2_dir()"
+    _EARLY["smollm2"] = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def pytest_sessionfinish(session):
+    proc = _EARLY.pop("smollm2", None)
+    if proc is not None and proc.poll() is None:  # an interrupted session: the atomic rename keeps the cache whole
+        proc.kill()
+        proc.wait()
+
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
+    early = _EARLY.pop("smollm2", None)
+    if early is not None:
+        early.wait()  # a failed early conversion is redone here, where its error is raised
     return packaged.smollm2_dir()
 
 
