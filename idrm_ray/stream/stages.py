@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from idrm_ray import console
-from idrm_ray.core.devices import torch_dtype
 from idrm_ray.core.types import PairEncoding
 from idrm_ray.data.records import batch_examples, encoded_batch
 
@@ -126,6 +125,7 @@ class TeacherStage:
         map_format: str = "fp16",
         dtype: str = "auto",
     ) -> None:
+        from idrm_ray.core.devices import torch_dtype
         from idrm_ray.core.teacher import TeacherAttention
 
         # The plan's teacher dtype (teacher.dtype: fp16 on teacher GPUs, fp32 on CPU); "auto": the device's.
