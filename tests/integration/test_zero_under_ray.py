@@ -83,7 +83,10 @@ RUNS = {  # name -> (method folder, overrides)
 # process. id_zero3 thus starts its own local Ray, as a user's first run does, and its console is
 # the quiet-console check (issue 15 §6, test_the_console_is_short_and_the_logs_hold_the_rest): a
 # DeepSpeed ZeRO-3 run with the teacher stage, the noisiest the product has, logged at every step.
+# inform_zero3 (one rank, no Ray; ~10 s) runs beside the others: id_zero3's Ray start-up leaves
+# a core idle for much of its ~40 s.
 CLI_RUNS = {"id_zero3", "inform_zero3"}
+BESIDE = ("inform_zero3",)  # started first, collected last
 
 
 def _write_data(root: Path) -> tuple[Path, Path]:
@@ -97,17 +100,30 @@ def _write_data(root: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def runs(guard, make_config, tmp_path_factory):
-    from idrm_ray.run.driver import run_train
-
     root = tmp_path_factory.mktemp("zero")
     train, evals = _write_data(root)
+    overrides = {name: (*COMMON, f"data.train={train}", f"data.eval={evals}", *extra)
+                 for name, (_, extra) in RUNS.items()}
+    beside = {name: _cli_start(root, name, overrides[name]) for name in BESIDE}
+    try:
+        return _collect(root, overrides, beside, guard, make_config)
+    finally:
+        for proc in beside.values():  # a failed run above leaves no process behind
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _collect(root: Path, overrides: dict, beside: dict, guard, make_config) -> dict:
+    from idrm_ray.run.driver import run_train
+
     out = {}
-    for name, (method, extra) in RUNS.items():
-        overrides = (*COMMON, f"data.train={train}", f"data.eval={evals}", *extra)
-        cfg = make_config(root, name, *overrides)
+    for name in sorted(RUNS, key=lambda n: n in BESIDE):
+        method = RUNS[name][0]
+        cfg = make_config(root, name, *overrides[name])
         console = None
         if name in CLI_RUNS:
-            summary, console = _cli_train(root, name, overrides)
+            summary, console = _cli_finish(root, name, beside.get(name) or _cli_start(root, name, overrides[name]))
         else:
             summary = guard(lambda: run_train(cfg), timeout_s=FIT_TIMEOUT_S, what=f"run_train {name}")
         run_dir = Path(summary["run_dir"])
@@ -120,18 +136,33 @@ def runs(guard, make_config, tmp_path_factory):
     return out
 
 
-def _cli_train(root: Path, name: str, overrides: tuple[str, ...]):
+def _cli_start(root: Path, name: str, overrides: tuple[str, ...]):
     """`idrm-ray train` in a subprocess (the embedded default's preset, as make_config's), with a
-    local Ray of its own where it starts one (no RAY_ADDRESS); its summary and finished process."""
+    local Ray of its own where it starts one (no RAY_ADDRESS); its console goes to two files (two
+    such processes at once must not block on a full pipe)."""
     import os
     import subprocess
     import sys
 
     args = [sys.executable, "-m", "idrm_ray.cli", "train", "--output-dir", str(root), f"run.name={name}", *overrides]
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=FIT_TIMEOUT_S, env=env, cwd=root)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return json.loads((root / name / "summary.json").read_text()), proc
+    with open(root / f"{name}.stdout", "w") as out, open(root / f"{name}.stderr", "w") as err:
+        return subprocess.Popen(args, stdout=out, stderr=err, text=True, env=env, cwd=root)
+
+
+def _cli_finish(root: Path, name: str, proc):
+    """The run's summary and its finished process (stdout and stderr as text)."""
+    import subprocess
+
+    try:
+        proc.wait(timeout=FIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, (root / f"{name}.stdout").read_text(),
+                                       (root / f"{name}.stderr").read_text())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return json.loads((root / name / "summary.json").read_text()), done
 
 
 def _train_losses(history: list[dict], key: str = "l_bt") -> dict[int, float]:
