@@ -15,8 +15,9 @@ The head is isolated from any other Ray on this machine (shared by several peopl
 free ports (the dashboard agent's default 52365 clashes, STACK_NOTES.md), its own --temp-dir,
 and a HOME of its own, so neither the token nor `~/.ray/auth_token` of the user is touched. It
 runs `ray start --block` in its own process group and is stopped by signalling that group
-(never a bare `ray stop`, which would stop other people's Ray). About 40-90 s on 2 cores, most
-of it the head's start-up (nine dashboard subprocesses).
+(never a bare `ray stop`, which would stop other people's Ray). About 20 s on a quiet 2-core
+machine: the head's start-up (nine dashboard subprocesses, ~7 s), then the three clients at once
+(the owner's job, ~10 s, is the longest).
 """
 from __future__ import annotations
 
@@ -178,7 +179,9 @@ def test_token_auth_head_refuses_without_token_and_runs_with_it(tmp_path):
         assert _http(f"{head.url}/api/jobs/", token=token) == (200, "[]")  # the owner: nothing ran
         # The attacker's CLI and driver, and the owner's job, at once (each mostly imports Ray).
         cli = _submit(head.url, job, attacker)
-        gcs = _join_gcs(head.gcs_address, attacker)
+        # The GCS door refuses each try the same way; Ray's driver tries 20 times, 1 s apart, before
+        # it gives up (RAY_NUM_REDIS_GET_RETRIES), so this attacker tries twice: 2 s instead of 20.
+        gcs = _join_gcs(head.gcs_address, dict(attacker, RAY_NUM_REDIS_GET_RETRIES="2"))
         mine = _submit(head.url, job, owner)
 
         rc, out = _finish(cli, 120)
