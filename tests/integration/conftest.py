@@ -10,8 +10,8 @@
   goes through it.
 
 Environment read by Ray workers is fixed when Ray starts, so it is set here, at import:
-`TORCH_EXTENSIONS_DIR` is the same cache test_strategy.py uses, so DeepSpeed's CPU comm op
-is JIT-compiled at most once per machine.
+`TORCH_EXTENSIONS_DIR` is the same cache test_strategy.py uses, so a DeepSpeed op that a test
+JIT-compiles is built at most once per machine (none is today: the strategy skips the CPU shm op).
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 rewards (its HTTP fetch and its `reward_func` file loader, from `openrlhf.utils.agent`,
 which imports on CPU), bad requests are refused through the Serve proxy and the server
 keeps serving, bearer auth switched on and off on live replicas, a bounded load test
-(2,000 requests from 16 clients) ends with 0 errors, a 16 s soak of mixed valid and invalid
+(400 requests from 16 clients) ends with 0 errors, a 12 s soak of mixed valid and invalid
 traffic has no 5xx and only the expected 4xx, and `idrm-ray serve --smoke`.
 
-Budget: about 80 s on 2 busy cores (Serve start ~15 s, load test ~10-20 s, soak ~17 s).
+Budget: about 30 s on 2 cores (Serve start ~10 s, load test a few s, soak ~12 s).
 """
 from __future__ import annotations
 

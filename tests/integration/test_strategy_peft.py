@@ -7,8 +7,8 @@ initial values everywhere, and resuming from `save_state` (adapters, optimizer, 
 equals continuing, bitwise. Under ZeRO-3 the student is loaded as the worker loads it (built
 partitioned, filled from safetensors) and the adapters are injected into the partitioned model.
 
-One spawn of 2 ranks runs all scenarios of both settings, so DeepSpeed is imported and its CPU
-comm op loaded once (JIT-compiled on a cold cache: see test_strategy.py).
+One spawn of 2 ranks runs all scenarios of both settings, so DeepSpeed is imported and its comm
+backend started once (without the CPU shm op, which the strategy skips: see test_strategy.py).
 """
 from __future__ import annotations
 
