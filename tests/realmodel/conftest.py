@@ -27,7 +27,8 @@ def pytest_collection_finish(session):
     tier: it then runs beside the modules before this tier (test_auth, first, leaves most of a
     core idle while its Ray head starts) instead of inside the first real-model test."""
     tier = f"{os.sep}realmodel{os.sep}"
-    if packaged.smollm2_converted() or not any(tier in str(item.fspath) for item in session.items):
+    if (session.config.option.collectonly or packaged.smollm2_converted()
+            or not any(tier in str(item.fspath) for item in session.items)):
         return
     code = "from idrm_ray import packaged; packaged.smollm2_dir()"
     _EARLY["smollm2"] = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
