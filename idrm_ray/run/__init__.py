@@ -17,7 +17,7 @@ __all__ = [
     "train_one", "run_method", "member_overrides", "run_tasks", "score_gaps", "tiny_student_note",
     # Ray and the teacher-map stream (tune builds the shared map cache once)
     "init_ray", "runs_that_fit", "stage_placement", "encode_kwargs_for", "examples_dataset", "encoded_stream",
-    "teacher_maps_stream", "map_cache_key",
+    "teacher_maps_stream", "map_cache_key", "cached_rows",
 ]
 
 
@@ -35,6 +35,8 @@ def __getattr__(name: str):
         from idrm_ray.run import outputs as module
     elif name in ("init_ray", "runs_that_fit", "stage_placement"):
         from idrm_ray.stream import cluster as module
+    elif name == "cached_rows":
+        from idrm_ray.stream import map_cache as module
     elif name in ("examples_dataset", "encoded_stream"):
         from idrm_ray.stream import dataset as module
     elif name == "tiny_teacher_dir":

@@ -37,6 +37,7 @@ from idrm_ray.config import derive
 from idrm_ray.config.plan import make_plan
 from idrm_ray.config.train import TrainJobConfig
 from idrm_ray.run import (
+    cached_rows,
     encode_kwargs_for,
     encoded_stream,
     examples_dataset,
@@ -92,10 +93,11 @@ def build_cache(cfg: TrainJobConfig, *, train, student_dir: str, teacher_dir: st
     existed = (path / "_SUCCESS").exists()
     t0 = time.perf_counter()
     placement = stage_placement(cfg_max)
-    ds = teacher_maps_stream(cfg_max, encoded_stream(examples_dataset(train), encode_kwargs=ek, placement=placement),
-                             train=train, teacher_dir=teacher_dir, student_dir=student_dir, encode_kwargs=ek,
-                             placement=placement)
-    rows = ds.count()
+    # Builds the cache when the key is absent; the stream it returns (the read-back) is left unread.
+    teacher_maps_stream(cfg_max, encoded_stream(examples_dataset(train), encode_kwargs=ek, placement=placement),
+                        train=train, teacher_dir=teacher_dir, student_dir=student_dir, encode_kwargs=ek,
+                        placement=placement)
+    rows = cached_rows(path)
     return {"key": key, "path": str(path), "num_blocks": n_max, "rows": rows, "train_pairs": len(train),
             "built_now": not existed, "build_s": time.perf_counter() - t0,
             "success_mtime": (path / "_SUCCESS").stat().st_mtime}

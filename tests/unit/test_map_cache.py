@@ -8,7 +8,7 @@ import numpy as np
 
 from idrm_ray.core.types import PreferenceExample
 from idrm_ray.data.records import MAP_BYTES, MAPS, blocks_to_maps, cache_columns, maps_to_blocks, pair_columns
-from idrm_ray.stream.map_cache import cache_key
+from idrm_ray.stream.map_cache import cache_key, cached_rows
 from idrm_ray.train.ingest import teacher_rows
 
 PAIRS = [PreferenceExample("Q: who?", " The cat.", " A dog."), PreferenceExample("Q: what?", " A ball.", " A book.")]
@@ -104,3 +104,14 @@ def test_block_columns_read_back_into_the_teacher_stage_form():
     for got, want in zip(teacher_rows(only_top), maps):
         np.testing.assert_array_equal(got, want[:1])
     assert cache_columns(1) == [*pair_columns(), "teacher_maps_k0"]
+
+
+def test_cached_rows_counts_every_parquet_file_from_its_footer(tmp_path):
+    """The sweep's row count of a cache: every Parquet file's rows, nothing else in the folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name, n in (("a.parquet", 3), ("b.parquet", 5)):
+        pq.write_table(pa.table({"pair_id": np.arange(n), "teacher_maps_k0": [b"x" * 8] * n}), tmp_path / name)
+    (tmp_path / "_SUCCESS").write_text('{"num_blocks": 1}')
+    assert cached_rows(tmp_path) == 8
