@@ -76,22 +76,40 @@ def minilm_dir() -> Path:
 
 def smollm2_dir(root: Path | None = None) -> Path:
     """The fp32 Llama directory of SmolLM2-135M-Instruct, converted from the GGUF on first use.
-    Written to a temporary folder and renamed into place, so a crash never leaves half a model
-    and parallel callers (test workers, Ray tasks) at worst convert twice."""
+    Written to a temporary folder and renamed into place, so a crash never leaves half a model.
+    Parallel callers on one machine (test workers, Ray tasks) convert once: the conversion holds
+    an exclusive lock on a file beside the model, and a caller that waited for it finds the
+    model in place (a holder that dies releases the lock with its process)."""
     out = _smollm2_out(root)
     if smollm2_converted(root):
         return out
-    src = _package_dir(MODELS["smollm2-135m-instruct"])
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    # Through the console, so a quiet CLI run shows it on the terminal (not only in driver.log).
-    console.info(f"[idrm] converting SmolLM2-135M-Instruct from {src / _GGUF} to {out} (once per machine, ~15 s)")
-    _convert_smollm2(src, tmp)
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process published it first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _exclusive(out.with_name(f".{out.name}.lock")):
+        if smollm2_converted(root):  # converted by the holder we waited for
+            return out
+        src = _package_dir(MODELS["smollm2-135m-instruct"])
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+        # Through the console, so a quiet CLI run shows it on the terminal (not only in driver.log).
+        console.info(f"[idrm] converting SmolLM2-135M-Instruct from {src / _GGUF} to {out} (once per machine, ~15 s)")
+        _convert_smollm2(src, tmp)
+        try:
+            tmp.rename(out)
+        except OSError:  # published by a process that took no lock (an older version)
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path):
+    """An exclusive `flock` on `lock_file` for the block (released at exit or process death)."""
+    import fcntl
+
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def smollm2_converted(root: Path | None = None) -> bool:

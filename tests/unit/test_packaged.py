@@ -1,6 +1,7 @@
 """`packaged._one_gguf_reader`: within the block, one GGUF reader per file and one tensor-name
 map per (architecture, block count) serve every read transformers makes; after it, gguf is as
-it was. (The conversion itself runs in the realmodel tier, on an empty cache in CI.)"""
+it was; and callers at once convert SmolLM2 once (the lock). (The conversion itself runs in the
+realmodel tier, on an empty cache in CI.)"""
 from __future__ import annotations
 
 import pytest
@@ -27,3 +28,30 @@ def test_gguf_is_restored_when_the_conversion_fails():
     with pytest.raises(RuntimeError, match="boom"), packaged._one_gguf_reader():
         raise RuntimeError("boom")
     assert gguf.GGUFReader is original_reader
+
+
+def test_parallel_callers_convert_smollm2_once(tmp_path, monkeypatch):
+    """Three callers at once (threads here; test workers or Ray tasks in use): one converts under
+    the lock, the others wait for it and return the published model."""
+    import threading
+    import time
+
+    calls = []
+
+    def fake_convert(src, out):
+        calls.append(out)
+        time.sleep(0.3)  # long enough for the other callers to reach the lock
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"weights")
+
+    monkeypatch.setattr(packaged, "_convert_smollm2", fake_convert)
+    monkeypatch.setattr(packaged, "_package_dir", lambda name: tmp_path / "package")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(packaged.smollm2_dir(tmp_path))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(calls) == 1 and len(results) == 3 and len(set(results)) == 1
+    assert packaged.smollm2_converted(tmp_path) and not list(results[0].parent.glob(".*.tmp-*"))
