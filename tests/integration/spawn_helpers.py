@@ -84,7 +84,6 @@ class SharedRanks:
         self.ctx, self.timeout_s, self.deadline, self.joined = ctx, timeout_s, time.monotonic() + timeout_s, False
 
     def wait(self) -> None:
-        if self.joined:  # done, or failed the test that asked first
-            return
-        self.joined = True
-        join(self.ctx, self.deadline, self.timeout_s)
+        if not self.joined:
+            join(self.ctx, self.deadline, self.timeout_s)
+            self.joined = True
