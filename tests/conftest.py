@@ -32,7 +32,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # `-m "not slow"` (the edit-test loop) leaves out what starts Ray or Ray Train, loads the real
 # models or spawns multi-process DeepSpeed: tests using the fixtures below, the realmodel tier,
 # and these modules.
-SLOW_FIXTURES = {"ray_session", "shared_run", "guard", "strategy_ranks"}
+SLOW_FIXTURES = {"ray_session", "shared_run", "guard"}
 SLOW_MODULES = {"test_auth.py", "test_bad_input.py", "test_cluster.py", "test_eval.py", "test_local_run.py",
                 "test_pipeline.py", "test_serve_ray.py", "test_strategy.py", "test_strategy_peft.py",
                 "test_zero_under_ray.py"}

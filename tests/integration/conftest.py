@@ -4,8 +4,6 @@
   Data stages' CPU fractions fit beside two train workers (STACK_NOTES.md, "Ray on 2 cores").
 - `shared_run`: ONE `run_train` of the embedded default (preset `tiny`), reduced so it stays
   under about 100 s on 2 cores, whose run folder several tests assert on.
-- `strategy_ranks`: ONE spawn of 2 gloo ranks (no Ray) running the rank work of test_strategy.py
-  and test_strategy_peft.py, each into its own folder (`spawn_helpers.rank_jobs`).
 - `guard(fn, timeout_s=..., what=...)`: runs `fn` in a thread and fails the test when it has
   not returned in time (then restarts Ray, so one hang does not stall every later test). Ray
   deadlocks are silent (STACK_NOTES.md) and pytest-timeout is not installed, so every fit
@@ -133,22 +131,6 @@ def shared_run(ray_session, tmp_path_factory):
     cfg = tiny_config(tmp_path_factory.mktemp("shared"), "default", *shared_overrides())
     summary = call_guarded(lambda: run_train(cfg), timeout_s=SHARED_TIMEOUT_S, what="shared run_train")
     return {"cfg": cfg, "summary": summary, "run_dir": Path(summary["run_dir"]), "pairs": SHARED_PAIRS}
-
-
-STRATEGY_MODULES = ("test_strategy", "test_strategy_peft")  # each defines rank_job(rank, tokenizer, out_dir)
-STRATEGY_TIMEOUT_S = 420  # both modules' scenarios, ~25 s on 2 cores; a hang fails, not waits
-
-
-@pytest.fixture(scope="session")
-def strategy_ranks(student_tokenizer, tmp_path_factory):
-    """{"out": {module: its folder}, "ranks": the spawn, `.wait()`ed by each module's fixture}."""
-    from spawn_helpers import SharedRanks, free_port, rank_jobs, spawn
-
-    out = {m: tmp_path_factory.mktemp(m) for m in STRATEGY_MODULES}
-    jobs = [(m, "rank_job", (student_tokenizer, str(out[m]))) for m in STRATEGY_MODULES]
-    ranks = SharedRanks(spawn(rank_jobs, 2, (free_port(), jobs)), STRATEGY_TIMEOUT_S)
-    yield {"out": out, "ranks": ranks}
-    ranks.wait()  # a session that never asked still ends with its ranks
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,6 @@
 """Spawned torch.distributed ranks on this machine, without Ray: what test_strategy.py and
 test_strategy_peft.py share (a free port, each rank's gloo group set up as Ray Train would,
-the spawn, and a join that fails a hang instead of waiting on it). Both modules' rank work runs in
-ONE spawn of 2 ranks (`rank_jobs`, conftest's `strategy_ranks`): each rank imports torch,
-transformers and DeepSpeed and starts DeepSpeed's comm backend once for both (about 7 s of a
-2-rank start on 2 cores).
+the spawn, and a join that fails a hang instead of waiting on it).
 
 Imported by those modules by name (pytest puts this folder on sys.path; the spawned ranks
 inherit it), so its functions are picklable for `start_method="spawn"`.
@@ -11,7 +8,6 @@ inherit it), so its functions are picklable for `start_method="spawn"`.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import socket
 import time
@@ -66,24 +62,3 @@ def join(ctx, deadline: float, timeout_s: float) -> None:
                     proc.kill()
                 proc.join(10)
             pytest.fail(f"spawned ranks still running after {timeout_s} s (hang?)")
-
-
-def rank_jobs(rank: int, world_size: int, port: int, jobs: list[tuple[str, str, tuple]]) -> None:
-    """One spawned rank running each `(module, function, args)` job in turn as
-    `module.function(rank, *args)`, in one gloo group, the ranks meeting at a barrier after each."""
-    with gloo_rank(rank, world_size, port):
-        for module, function, args in jobs:
-            getattr(importlib.import_module(module), function)(rank, *args)
-            dist.barrier()
-
-
-class SharedRanks:
-    """A spawn of ranks that several modules wait on: joined once, by the first to ask."""
-
-    def __init__(self, ctx, timeout_s: float) -> None:
-        self.ctx, self.timeout_s, self.deadline, self.joined = ctx, timeout_s, time.monotonic() + timeout_s, False
-
-    def wait(self) -> None:
-        if not self.joined:
-            join(self.ctx, self.deadline, self.timeout_s)
-            self.joined = True

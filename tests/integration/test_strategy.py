@@ -1,7 +1,6 @@
 """Strategies agree with a 1-process torch run: torch DDP, DeepSpeed ZeRO-2 and ZeRO-3 on 2
 CPU processes (torch.multiprocessing + gloo on 127.0.0.1, no Ray), each rank taking half of
-the same global batch. The ranks are conftest's `strategy_ranks`, shared with
-test_strategy_peft.py (`rank_job` is this module's part of their work).
+the same global batch.
 
 Tolerance (fp32), measured against the 1-process torch run after 6 optimizer steps:
 - losses and pre-clip gradient norms: rtol 1e-4. AdamW is nearly blind to a uniform gradient
@@ -34,10 +33,12 @@ from transformers import AutoModelForSequenceClassification
 from idrm_ray.core import tiny
 from idrm_ray.train.strategy import make_strategy
 from idrm_ray.train.strategy_deepspeed import build_ds_config
+from spawn_helpers import free_port, gloo_rank, join, spawn
 
 SEQ, ROWS, ACCUM, STEPS = 16, 4, 2, 5  # ROWS: global rows per micro-batch; ACCUM micro-batches per step
 LR, MAX_GRAD_NORM = 1e-3, 1.0
 ATOL_PARAMS, REL_PARAMS, RTOL_SCALARS = 5e-5, 1e-3, 1e-4
+SPAWN_TIMEOUT_S = 300  # generous for a cold JIT compile on a slow runner; a hang fails, not waits
 SCENARIOS = [("ddp", "torch", None), ("zero2", "deepspeed", 2), ("zero3", "deepspeed", 3)]
 
 
@@ -126,40 +127,43 @@ def _run(kind: str, zero_stage: int | None, tok, state_dir: Path) -> dict:
     }
 
 
-def rank_job(rank: int, tok, out_dir: str) -> None:
-    """In each spawned rank (`spawn_helpers.rank_jobs`: gloo set up as Ray Train would), each scenario."""
-    for name, kind, stage in SCENARIOS:
-        start = time.perf_counter()
-        result = _run(kind, stage, tok, Path(out_dir) / f"{name}_state")
-        result["wall_s"] = time.perf_counter() - start
+def _worker(rank: int, world_size: int, port: int, tok, out_dir: str) -> None:
+    """A spawned rank: gloo as Ray Train would set it up (`spawn_helpers.gloo_rank`), then each scenario."""
+    with gloo_rank(rank, world_size, port):
+        for name, kind, stage in SCENARIOS:
+            start = time.perf_counter()
+            result = _run(kind, stage, tok, Path(out_dir) / f"{name}_state")
+            result["wall_s"] = time.perf_counter() - start
+            if rank == 0:
+                torch.save(result, Path(out_dir) / f"{name}.pt")
         if rank == 0:
-            torch.save(result, Path(out_dir) / f"{name}.pt")
-    if rank == 0:
-        import deepspeed.comm.comm as ds_comm
+            import deepspeed.comm.comm as ds_comm
 
-        torch.save({"shm_op_built": getattr(ds_comm.cdb, "shm_comm_op", None) is not None}, Path(out_dir) / "comm.pt")
+            torch.save({"shm_op_built": getattr(ds_comm.cdb, "shm_comm_op", None) is not None}, Path(out_dir) / "comm.pt")
+        dist.barrier()
 
 
 # ----------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
-def runs(strategy_ranks, student_tokenizer, tmp_path_factory) -> dict[str, dict]:
-    out = strategy_ranks["out"]["test_strategy"]
+def runs(student_tokenizer, tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("strategy")
     start, threads = time.perf_counter(), torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the ranks, which run beside it
+    torch.set_num_threads(1)  # as in the ranks; also avoids OpenMP spinning on a busy 2-core box
     try:
         reference = _run("torch", None, student_tokenizer, out / "reference_state")
     finally:
         torch.set_num_threads(threads)
     reference["wall_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    strategy_ranks["ranks"].wait()
-    wait_s = time.perf_counter() - start
+    join(spawn(_worker, 2, (free_port(), student_tokenizer, str(out))), time.monotonic() + SPAWN_TIMEOUT_S,
+         SPAWN_TIMEOUT_S)
+    spawn_s = time.perf_counter() - start
     results = {"reference": reference, "comm": torch.load(out / "comm.pt", weights_only=True)}
     for name, _, _ in SCENARIOS:
         results[name] = torch.load(out / f"{name}.pt", weights_only=True)
-    print(f"\nreference {reference['wall_s']:.1f}s, then waited {wait_s:.1f}s for the 2 ranks; "
+    print(f"\nreference {reference['wall_s']:.1f}s, 2-rank spawn {spawn_s:.1f}s, "
           + ", ".join(f"{n} {results[n]['wall_s']:.1f}s" for n, _, _ in SCENARIOS))
     return results
 

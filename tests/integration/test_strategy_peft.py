@@ -7,9 +7,8 @@ initial values everywhere, and resuming from `save_state` (adapters, optimizer, 
 equals continuing, bitwise. Under ZeRO-3 the student is loaded as the worker loads it (built
 partitioned, filled from safetensors) and the adapters are injected into the partitioned model.
 
-The 2 ranks are conftest's `strategy_ranks`, one spawn for this module's scenarios of both
-settings (`rank_job`) and test_strategy.py's, so DeepSpeed is imported and its comm backend started
-once (without the CPU shm op, which the strategy skips: see test_strategy.py).
+One spawn of 2 ranks runs all scenarios of both settings, so DeepSpeed is imported and its comm
+backend started once (without the CPU shm op, which the strategy skips: see test_strategy.py).
 """
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ from idrm_ray.core import tiny
 from idrm_ray.core.peft_student import PeftSettings, apply_peft, merge_lora_state
 from idrm_ray.core.reward_model import save_reward_model
 from idrm_ray.train.strategy import make_strategy
+from spawn_helpers import free_port, gloo_rank, join, spawn
 
 SEQ, ROWS, ACCUM, STEPS = 16, 4, 2, 3
 LR, MAX_GRAD_NORM = 1e-2, 1.0
@@ -33,6 +33,7 @@ SETTINGS = {
     "top2": PeftSettings(train_top_blocks=2),
 }
 SCENARIOS = [("ddp", "torch", None), ("zero2", "deepspeed", 2), ("zero3", "deepspeed", 3)]
+SPAWN_TIMEOUT_S = 300
 
 
 def _data(vocab_size: int):
@@ -105,19 +106,19 @@ def _scenarios(rank: int, scenarios, tok, out_dir: str) -> None:
                 torch.save(result, Path(out_dir) / f"{setting}_{name}.pt")
 
 
-def rank_job(rank: int, tok, out_dir: str) -> None:
-    """In each spawned rank (`spawn_helpers.rank_jobs`): rank 0 saves the student that ZeRO-3 loads
-    as the worker does, then every scenario of both settings."""
-    if rank == 0:
-        save_reward_model(tiny.build_tiny_student(tok, seed=0), tok, Path(out_dir) / "student")
-    dist.barrier()
-    _scenarios(rank, SCENARIOS, tok, out_dir)
+def _worker(rank: int, world_size: int, port: int, tok, out_dir: str) -> None:
+    with gloo_rank(rank, world_size, port):
+        _scenarios(rank, SCENARIOS, tok, out_dir)
+        dist.barrier()
 
 
 @pytest.fixture(scope="module")
-def runs(strategy_ranks, student_tokenizer) -> dict[str, dict]:
-    out = strategy_ranks["out"]["test_strategy_peft"]
+def runs(student_tokenizer, tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("strategy_peft")
     start, threads = time.perf_counter(), torch.get_num_threads()
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    save_reward_model(tiny.build_tiny_student(student_tokenizer, seed=0), student_tokenizer, out / "student")
+    two = spawn(_worker, 2, (free_port(), student_tokenizer, str(out)))
     torch.set_num_threads(1)
     try:
         results = {}
@@ -125,7 +126,7 @@ def runs(strategy_ranks, student_tokenizer) -> dict[str, dict]:
             results[f"{setting}_reference"] = _run("torch", None, student_tokenizer, peft, out / f"{setting}_ref")
     finally:
         torch.set_num_threads(threads)
-    strategy_ranks["ranks"].wait()
+    join(two, deadline, SPAWN_TIMEOUT_S)
     for setting in SETTINGS:
         for name, _, _ in SCENARIOS:
             results[f"{setting}_{name}"] = torch.load(out / f"{setting}_{name}.pt", weights_only=True)
