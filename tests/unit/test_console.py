@@ -65,8 +65,8 @@ def test_a_restarted_task_starts_its_timing_again():
 
 
 def test_outside_a_session_calls_print_to_stdout(capsys, monkeypatch):
-    # From a fresh view: a run earlier in this process may have left a counter open (a teacher
-    # actor's last count can reach the driver after the run's table).
+    # From a fresh view: a test earlier in this process may have left a counter open (test_cluster
+    # runs the teacher stage here for its reference fingerprints; only a next phase closes it).
     monkeypatch.setattr(console._state, "view", None)
     console.phase("teacher fine-tune", "tiny")
     console.progress("x/bt", 5, 10, ["loss 0.7"])
